@@ -1,0 +1,348 @@
+"""Settings, read once from the environment at start-up.
+
+Everything is a frozen dataclass with units in the field names, so a reader never has to guess
+whether ``timeout`` is seconds or milliseconds.  A missing or invalid value raises
+:class:`~acs_trio.errors.ConfigError` naming the variable, before any socket is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import quote, urlsplit
+
+from .errors import ConfigError
+
+__all__ = [
+    "AcsSettings",
+    "AgentSettings",
+    "CallLimits",
+    "ModelEndpoint",
+    "ServerSettings",
+    "Settings",
+]
+
+#: The official Call Automation token issuer and key set (acs-protocol.md §5.1).
+DEFAULT_ACS_JWT_ISSUER = "https://acscallautomation.communication.azure.com"
+DEFAULT_ACS_JWKS_URL = "https://acscallautomation.communication.azure.com/calling/keys"
+
+#: Voices accepted by the GA session (realtime-protocol.md §2.1).
+KNOWN_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+)
+
+DEFAULT_INSTRUCTIONS = (
+    "You are a friendly phone agent. Keep answers short and spoken-style: one or two sentences. "
+    "If the caller interrupts you, stop and listen."
+)
+DEFAULT_GREETING = "Greet the caller in one short sentence and ask how you can help."
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelEndpoint:
+    """Where the realtime model lives and how to authenticate the WebSocket handshake."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Human-readable provider name for logs ("azure-openai", "openai", "explicit URL").
+    provider: str = "explicit URL"
+
+    def __repr__(self) -> str:  # never print keys
+        return f"ModelEndpoint(provider={self.provider!r}, url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What the agent says and how the model's server VAD listens (sent in ``session.update``)."""
+
+    instructions: str = DEFAULT_INSTRUCTIONS
+    voice: str = "marin"
+    #: Instructions for a greeting response at call start; ``None`` waits for the caller.
+    greeting: str | None = DEFAULT_GREETING
+    #: The model name sent in ``session.model`` (OpenAI); Azure ignores it in favour of the URL.
+    model: str = "gpt-realtime"
+    vad_threshold: float = 0.5
+    vad_prefix_padding_ms: int = 300
+    vad_silence_duration_ms: int = 500
+    #: Input transcription model; empty disables transcription.
+    transcription_model: str = "gpt-4o-mini-transcribe"
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """Per-call timeouts, pacing and buffer sizes.  docs/architecture.md explains each one."""
+
+    max_duration_s: float = 3600.0
+    #: No speech from either side for this long ends the call (a line left open).
+    idle_timeout_s: float = 120.0
+    #: No message at all from ACS for this long: the media stream has stalled.
+    media_timeout_s: float = 20.0
+    model_connect_timeout_s: float = 10.0
+    #: Budget for closing both sockets once the call has ended (shielded cleanup).
+    close_timeout_s: float = 2.0
+    #: How far ahead of real time outbound audio may run (ACS buffers it; StopAudio flushes it).
+    playout_lead_ms: int = 100
+    #: Size of one outbound AudioData frame.
+    frame_ms: int = 20
+    #: Caller audio is batched into one ``input_audio_buffer.append`` per this many ms.
+    append_batch_ms: int = 60
+    #: Agent audio queued for the caller; above this the model reader waits (back-pressure).
+    outbound_buffer_ms: int = 300_000
+    #: Messages waiting to be written to the model socket; above this ACS receive waits.
+    model_outbox_size: int = 64
+    max_acs_message_bytes: int = 64 * 1024
+    max_model_message_bytes: int = 4 * 1024 * 1024
+    #: Undecodable messages from ACS tolerated before the call is ended as a protocol error.
+    max_bad_messages: int = 100
+
+
+@dataclass(frozen=True)
+class AcsSettings:
+    """Call Automation resource, public URL and token checks (acs-protocol.md §2, §5)."""
+
+    connection_string: str
+    #: The https base URL ACS reaches; callback and wss media URLs are built from it.
+    public_base_url: str
+    #: The ACS resource's immutable id: the audience of Call Automation JWTs.
+    resource_id: str
+    jwks_url: str = DEFAULT_ACS_JWKS_URL
+    jwt_issuer: str = DEFAULT_ACS_JWT_ISSUER
+
+    def __repr__(self) -> str:  # never print the access key
+        return f"AcsSettings(public_base_url={self.public_base_url!r}, resource_id={self.resource_id!r})"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    max_concurrent_calls: int = 200
+    #: On shutdown, live calls get this long before they are ended (and hung up).
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs.  ``model is None`` means: use the embedded local peer."""
+
+    model: ModelEndpoint | None = None
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    limits: CallLimits = field(default_factory=CallLimits)
+    acs: AcsSettings | None = None
+    server: ServerSettings = field(default_factory=ServerSettings)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Env(os.environ if environ is None else environ)
+        return cls(
+            model=_model_from_env(env),
+            agent=_agent_from_env(env),
+            limits=_limits_from_env(env),
+            acs=_acs_from_env(env),
+            server=ServerSettings(
+                host=env.get("HOST", str, ServerSettings.host),
+                port=env.get("PORT", _port, ServerSettings.port),
+                max_concurrent_calls=env.get(
+                    "MAX_CONCURRENT_CALLS", _positive_int, ServerSettings.max_concurrent_calls
+                ),
+                shutdown_grace_s=env.get(
+                    "SHUTDOWN_GRACE_S", _non_negative_float, ServerSettings.shutdown_grace_s
+                ),
+            ),
+            log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
+        )
+
+    def require_acs(self) -> AcsSettings:
+        if self.acs is None:
+            raise ConfigError(
+                "ACS_CONNECTION_STRING, PUBLIC_BASE_URL and ACS_RESOURCE_ID must be set to answer calls"
+            )
+        return self.acs
+
+
+class _Env:
+    """Typed access to environment variables; every error names the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={value!r} is invalid: {exc}") from None
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("must be a TCP port (0-65535)")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be a positive number")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError("must be zero or more")
+    return number
+
+
+def _unit_float(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return number
+
+
+def _voice(value: str) -> str:
+    if value not in KNOWN_VOICES:
+        raise ValueError(f"must be one of {', '.join(sorted(KNOWN_VOICES))}")
+    return value
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _ws_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"ws", "wss"} or not parts.netloc:
+        raise ValueError("must be a ws:// or wss:// URL")
+    return value
+
+
+def _https_base(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"https", "http"} or not parts.netloc:
+        raise ValueError("must be an https:// URL (http:// only for local testing)")
+    return value.rstrip("/")
+
+
+def _model_from_env(env: _Env) -> ModelEndpoint | None:
+    """Pick the model endpoint: explicit URL, then Azure OpenAI, then OpenAI, else the local peer.
+
+    URL shapes and auth headers: realtime-protocol.md §1.1 (OpenAI: ``/v1/realtime?model=``,
+    Bearer) and §1.2 (Azure GA: ``/openai/v1/realtime?model=<deployment>``, ``api-key`` header, no
+    ``api-version`` and no ``OpenAI-Beta`` header).
+    """
+    explicit = env.get("REALTIME_URL", _ws_url, "")
+    if explicit:
+        key = env.raw("REALTIME_API_KEY")
+        headers = (("Authorization", f"Bearer {key}"),) if key else ()
+        return ModelEndpoint(url=explicit, headers=headers, provider="explicit URL")
+
+    azure_endpoint = env.get("AZURE_OPENAI_ENDPOINT", _https_base, "")
+    if azure_endpoint:
+        key = env.raw("AZURE_OPENAI_API_KEY")
+        deployment = env.raw("AZURE_OPENAI_DEPLOYMENT")
+        if key is None:
+            raise ConfigError("AZURE_OPENAI_API_KEY must be set with AZURE_OPENAI_ENDPOINT")
+        if deployment is None:
+            raise ConfigError("AZURE_OPENAI_DEPLOYMENT must be set with AZURE_OPENAI_ENDPOINT")
+        host = urlsplit(azure_endpoint).netloc
+        url = f"wss://{host}/openai/v1/realtime?model={quote(deployment, safe='')}"
+        return ModelEndpoint(url=url, headers=(("api-key", key),), provider="azure-openai")
+
+    openai_key = env.raw("OPENAI_API_KEY")
+    if openai_key:
+        model = env.raw("OPENAI_REALTIME_MODEL") or AgentSettings.model
+        url = f"wss://api.openai.com/v1/realtime?model={quote(model, safe='')}"
+        return ModelEndpoint(
+            url=url, headers=(("Authorization", f"Bearer {openai_key}"),), provider="openai"
+        )
+    return None
+
+
+def _agent_from_env(env: _Env) -> AgentSettings:
+    greeting = env.raw("AGENT_GREETING")
+    return AgentSettings(
+        instructions=env.get("AGENT_INSTRUCTIONS", str, AgentSettings.instructions),
+        voice=env.get("AGENT_VOICE", _voice, AgentSettings.voice),
+        greeting=(
+            AgentSettings.greeting if greeting is None else (None if greeting == "-" else greeting)
+        ),
+        model=env.get(
+            "AZURE_OPENAI_DEPLOYMENT",
+            str,
+            env.get("OPENAI_REALTIME_MODEL", str, AgentSettings.model),
+        ),
+        vad_threshold=env.get("VAD_THRESHOLD", _unit_float, AgentSettings.vad_threshold),
+        vad_prefix_padding_ms=env.get(
+            "VAD_PREFIX_PADDING_MS", _positive_int, AgentSettings.vad_prefix_padding_ms
+        ),
+        vad_silence_duration_ms=env.get(
+            "VAD_SILENCE_DURATION_MS", _positive_int, AgentSettings.vad_silence_duration_ms
+        ),
+        transcription_model=env.get(
+            "INPUT_TRANSCRIPTION_MODEL", str, AgentSettings.transcription_model
+        ),
+    )
+
+
+def _limits_from_env(env: _Env) -> CallLimits:
+    d = CallLimits()
+    limits = CallLimits(
+        max_duration_s=env.get("CALL_MAX_DURATION_S", _positive_float, d.max_duration_s),
+        idle_timeout_s=env.get("CALL_IDLE_TIMEOUT_S", _positive_float, d.idle_timeout_s),
+        media_timeout_s=env.get("MEDIA_TIMEOUT_S", _positive_float, d.media_timeout_s),
+        model_connect_timeout_s=env.get(
+            "MODEL_CONNECT_TIMEOUT_S", _positive_float, d.model_connect_timeout_s
+        ),
+        close_timeout_s=env.get("CLOSE_TIMEOUT_S", _positive_float, d.close_timeout_s),
+        playout_lead_ms=env.get("PLAYOUT_LEAD_MS", _positive_int, d.playout_lead_ms),
+        append_batch_ms=env.get("APPEND_BATCH_MS", _positive_int, d.append_batch_ms),
+    )
+    if limits.append_batch_ms % limits.frame_ms:
+        raise ConfigError(f"APPEND_BATCH_MS must be a multiple of {limits.frame_ms}")
+    return limits
+
+
+def _acs_from_env(env: _Env) -> AcsSettings | None:
+    names = ("ACS_CONNECTION_STRING", "PUBLIC_BASE_URL", "ACS_RESOURCE_ID")
+    present = [name for name in names if env.raw(name) is not None]
+    if not present:
+        return None
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
+    connection_string = env.get("ACS_CONNECTION_STRING", str, "")
+    if "endpoint=" not in connection_string.lower() or "accesskey=" not in connection_string.lower():
+        raise ConfigError("ACS_CONNECTION_STRING must look like 'endpoint=https://…;accesskey=…'")
+    return AcsSettings(
+        connection_string=connection_string,
+        public_base_url=env.get("PUBLIC_BASE_URL", _https_base, ""),
+        resource_id=env.get("ACS_RESOURCE_ID", str, ""),
+        jwks_url=env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL),
+        jwt_issuer=env.get("ACS_JWT_ISSUER", str, DEFAULT_ACS_JWT_ISSUER),
+    )
