@@ -18,8 +18,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("acs_trio.demo", "run one offline demo call end to end and write demo-out/"),
 }
 
-USAGE = "usage: acs-trio {" + ",".join(SUBCOMMANDS) + "} [options]\n\n" + "\n".join(
-    f"  {name:<9} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items()
+USAGE = (
+    "usage: acs-trio {"
+    + ",".join(SUBCOMMANDS)
+    + "} [options]\n\n"
+    + "\n".join(f"  {name:<9} {help_text}" for name, (_, help_text) in SUBCOMMANDS.items())
 )
 
 

@@ -113,7 +113,10 @@ class AcsSettings:
     jwt_issuer: str = DEFAULT_ACS_JWT_ISSUER
 
     def __repr__(self) -> str:  # never print the access key
-        return f"AcsSettings(public_base_url={self.public_base_url!r}, resource_id={self.resource_id!r})"
+        return (
+            f"AcsSettings(public_base_url={self.public_base_url!r}, "
+            f"resource_id={self.resource_id!r})"
+        )
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ class Settings:
     def require_acs(self) -> AcsSettings:
         if self.acs is None:
             raise ConfigError(
-                "ACS_CONNECTION_STRING, PUBLIC_BASE_URL and ACS_RESOURCE_ID must be set to answer calls"
+                "ACS_CONNECTION_STRING, PUBLIC_BASE_URL and ACS_RESOURCE_ID "
+                "must be set to answer calls"
             )
         return self.acs
 
@@ -337,7 +341,10 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
     connection_string = env.get("ACS_CONNECTION_STRING", str, "")
-    if "endpoint=" not in connection_string.lower() or "accesskey=" not in connection_string.lower():
+    if (
+        "endpoint=" not in connection_string.lower()
+        or "accesskey=" not in connection_string.lower()
+    ):
         raise ConfigError("ACS_CONNECTION_STRING must look like 'endpoint=https://…;accesskey=…'")
     return AcsSettings(
         connection_string=connection_string,

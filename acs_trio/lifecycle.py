@@ -89,8 +89,8 @@ class CallHandle:
         """The first reason given to :meth:`cancel`, if any."""
         return self._end_request
 
-    def _attach(self, scope: trio.CancelScope) -> None:
-        """Called by ``run_call`` once the call's cancel scope exists."""
+    def bind_scope(self, scope: trio.CancelScope) -> None:
+        """Called by ``run_call`` once the call's cancel scope exists; not for the control plane."""
         self._scope = scope
         if self._pending is not None:
             reason, detail = self._pending
@@ -151,5 +151,6 @@ class CallSummary:
             f"truncated_at_ms={self.truncated_at_ms} dropped_frames={self.frames_dropped_barge_in} "
             f"inbound_waits={self.inbound_waits} outbound_waits={self.outbound_waits} "
             f"bad_acs={self.bad_acs_messages} bad_model={self.bad_model_messages} "
-            f"model_errors={self.model_errors} unknown_kinds={unknown} rate_hz={self.sample_rate_hz}"
+            f"model_errors={self.model_errors} unknown_kinds={unknown} "
+            f"rate_hz={self.sample_rate_hz}"
         )
