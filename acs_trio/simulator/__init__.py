@@ -1,0 +1,29 @@
+"""A stand-in for Azure Communication Services that plays phone calls against the server.
+
+It follows the documented wire formats (/work/shared/docs/acs-protocol.md; docs/simulator.md
+lists which section each message comes from): Event Grid ``IncomingCall``, the Call Automation
+REST API the SDK calls (HMAC-checked), CloudEvents callbacks and the media WebSocket, all signed
+with its own JWKS and served over HTTPS with its own CA.
+"""
+
+from __future__ import annotations
+
+from .acs import SimulatedAcs as SimulatedAcs
+from .acs import open_simulated_acs as open_simulated_acs
+from .call import CallOptions as CallOptions
+from .report import AggregateReport as AggregateReport
+from .report import CallReport as CallReport
+from .report import TurnReport as TurnReport
+from .report import render_aggregate as render_aggregate
+from .report import render_call as render_call
+
+__all__ = [
+    "AggregateReport",
+    "CallOptions",
+    "CallReport",
+    "SimulatedAcs",
+    "TurnReport",
+    "open_simulated_acs",
+    "render_aggregate",
+    "render_call",
+]
