@@ -73,8 +73,11 @@ class PeerRequestError(Exception):
         *,
         param: str | None = None,
         error_type: str = "invalid_request_error",
+        event_id: str | None = None,
     ) -> None:
         super().__init__(message)
+        #: The client's ``event_id`` when it was readable, echoed in ``error.event_id``.
+        self.event_id = event_id
         self.code = code
         self.message = message
         self.param = param
@@ -125,10 +128,15 @@ def parse_client_event(text: str) -> Event:
         ) from None
     if not isinstance(event, dict):
         raise PeerRequestError("invalid_json", "The event must be a JSON object.")
+    raw_id = event.get("event_id")
+    event_id = raw_id if isinstance(raw_id, str) else None
     kind = event.get("type")
     if kind is None:
         raise PeerRequestError(
-            "missing_required_parameter", "Missing required parameter: 'type'.", param="type"
+            "missing_required_parameter",
+            "Missing required parameter: 'type'.",
+            param="type",
+            event_id=event_id,
         )
     if kind not in CLIENT_EVENT_TYPES:
         supported = ", ".join(f"'{t}'" for t in CLIENT_EVENT_TYPES)
@@ -136,6 +144,7 @@ def parse_client_event(text: str) -> Event:
             "invalid_value",
             f"Invalid value: {json.dumps(kind)}. Supported values are: {supported}.",
             param="type",
+            event_id=event_id,
         )
     return event
 

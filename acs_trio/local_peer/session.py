@@ -122,7 +122,7 @@ class PeerSession:
         except PeerRequestError as err:
             self.stats.errors.append(err.code)
             logger.info("local peer: %s error: %s", err.code, err.message)
-            return [error_event(self.ids, err, client_event_id)]
+            return [error_event(self.ids, err, client_event_id or err.event_id)]
 
     # -- streaming (called by the sender task) ---------------------------------------------------
 
