@@ -8,7 +8,6 @@ and when.
 
 from __future__ import annotations
 
-import importlib.resources
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +67,10 @@ class Clip:
 def load_wav(path: Path | None = None) -> Clip:
     """Read a 16/24 kHz mono PCM16 WAV; ``None`` reads the packaged ``caller.wav``."""
     if path is None:
-        resource = importlib.resources.files("acs_trio") / "assets" / "caller.wav"
-        with importlib.resources.as_file(resource) as packaged:
-            return load_wav(packaged)
+        # Found next to the package, not via importlib.resources.files("acs_trio"): without an
+        # acs_trio/__init__.py the editable install makes acs_trio a namespace package, which
+        # files() cannot read.  package-data ships assets/*.wav alongside the modules.
+        return load_wav(Path(__file__).resolve().parent.parent / "assets" / "caller.wav")
     try:
         with wave.open(str(path), "rb") as wav:
             rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
