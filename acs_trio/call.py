@@ -11,10 +11,13 @@ Task tree (docs/architecture.md has the picture)::
                └── watchdog          max duration, idle and media timeouts
 
 Whatever ends the call (ACS hangs up, the model closes, a timeout, ``handle.cancel()``, a bug)
-records an :class:`EndReason` through the :class:`CallHandle` (first cause wins) and cancels the
-call nursery.  When the nursery has exited, both sockets are closed with a close code that says
-why, under a shielded deadline, and one summary line is logged.  ``run_call`` returns only when
-every task of the call has ended.
+records an :class:`EndReason` through the :class:`CallHandle` (first cause wins), which cancels
+two scopes: the ACS side's and the model *session*'s.  The model *connection* sits outside the
+latter on purpose: trio-websocket's close handshake needs the socket's reader task alive, so the
+model task closes its socket gracefully (close code saying why, within ``close_timeout_s``) after
+its session scope is cancelled.  If the model is still connecting, the handshake is abandoned.
+The ACS socket is closed last, under a shielded deadline, and one summary line is logged.
+``run_call`` returns only when every task of the call has ended.
 """
 
 from __future__ import annotations
@@ -112,22 +115,21 @@ class _CallBridge:
         self.carry = b""
         self.carry_key: tuple[int, str] | None = None
         self.logged_kinds: set[str] = set()
+        # Cancelled by end(); created up front so an early end applies the moment they are entered.
+        self.acs_scope = trio.CancelScope()
+        self.model_connect_scope = trio.CancelScope()
+        self.model_session_scope = trio.CancelScope()
+        self.model_connected = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def run(self, connect_model: ModelConnector) -> CallSummary:
         self.log.info("call started")
+        self.handle.bind(self.on_end)
         try:
-            try:
-                async with trio.open_nursery() as nursery:
-                    self.handle.bind_scope(nursery.cancel_scope)
-                    nursery.start_soon(self.receive_from_acs)
-                    nursery.start_soon(self.playout.run)
-                    nursery.start_soon(self.run_model, connect_model)
-                    nursery.start_soon(self.watchdog)
-            except* Exception as group:
-                self.log.error("call task crashed", exc_info=group)
-                self.end(EndReason.INTERNAL_ERROR, repr(group.exceptions[0]))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.run_model, connect_model)
+                nursery.start_soon(self.run_acs_side)
         finally:
             reason, detail = self.handle.end_request or (
                 EndReason.CANCELLED,
@@ -151,6 +153,28 @@ class _CallBridge:
         if self.handle.end_request is None:
             self.log.info("ending call: %s %s", reason.value, detail)
         self.handle.cancel(reason, detail)
+
+    def on_end(self) -> None:
+        """The handle's first cancel: stop both sides (see the module docstring)."""
+        self.acs_scope.cancel()
+        self.model_session_scope.cancel()
+        if not self.model_connected:
+            self.model_connect_scope.cancel()
+
+    def crashed(self, group: BaseExceptionGroup[Exception]) -> None:
+        """A bug: log it with its traceback and end this call (and only this call)."""
+        self.log.error("call task crashed", exc_info=group)
+        self.end(EndReason.INTERNAL_ERROR, repr(group.exceptions[0]))
+
+    async def run_acs_side(self) -> None:
+        with self.acs_scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.receive_from_acs)
+                    nursery.start_soon(self.playout.run)
+                    nursery.start_soon(self.watchdog)
+            except* Exception as group:
+                self.crashed(group)
 
     async def watchdog(self) -> None:
         limits = self.limits
@@ -273,27 +297,40 @@ class _CallBridge:
 
     async def run_model(self, connect_model: ModelConnector) -> None:
         try:
-            async with connect_model() as ws:
-                try:
-                    await self.start_session(ws)
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self.send_to_model, ws)
-                        nursery.start_soon(self.receive_from_model, ws)
-                except ConnectionClosed as exc:
-                    self.model_closed(exc)
-                finally:
-                    with trio.move_on_after(self.limits.close_timeout_s, shield=True):
-                        await ws.aclose(*self.model_close_code())
+            with self.model_connect_scope:
+                async with connect_model() as ws:
+                    self.model_connected = True
+                    try:
+                        with self.model_session_scope:
+                            await self.run_model_session(ws)
+                    finally:
+                        # Shielded: if the server cancels us from outside, still say goodbye.
+                        with trio.move_on_after(self.limits.close_timeout_s, shield=True) as scope:
+                            await ws.aclose(*self.model_close_code())
+                        if scope.cancelled_caught:
+                            self.log.warning("model socket did not close in time")
         except* ModelError as group:
             self.end(EndReason.MODEL_CONNECT_FAILED, str(group.exceptions[0]))
+
+    async def run_model_session(self, ws: WebSocketConnection) -> None:
+        try:
+            await self.start_session(ws)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.send_to_model, ws)
+                nursery.start_soon(self.receive_from_model, ws)
+        except* ConnectionClosed as group:
+            self.model_closed(group.exceptions[0])
+        except* Exception as group:
+            self.crashed(group)
 
     def model_close_code(self) -> tuple[int, str]:
         reason = (self.handle.end_request or (EndReason.CANCELLED, ""))[0]
         code = {EndReason.SHUTDOWN: 1001, EndReason.INTERNAL_ERROR: 1011}.get(reason, 1000)
         return code, f"call ended: {reason.value}"
 
-    def model_closed(self, exc: ConnectionClosed) -> None:
-        self.end(EndReason.MODEL_CLOSED, f"model socket closed: {exc.reason}")
+    def model_closed(self, exc: BaseException) -> None:
+        reason = exc.reason if isinstance(exc, ConnectionClosed) else exc
+        self.end(EndReason.MODEL_CLOSED, f"model socket closed: {reason}")
 
     async def start_session(self, ws: WebSocketConnection) -> None:
         ready = trio.current_time()

@@ -10,6 +10,7 @@ plane whether it must still hang up the ACS call so the caller is not left in de
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -70,32 +71,34 @@ class CallHandle:
 
     def __init__(self, ids: CallIds) -> None:
         self.ids = ids
-        self._scope: trio.CancelScope | None = None
-        self._pending: tuple[EndReason, str] | None = None
+        self._on_cancel: Callable[[], None] | None = None
         self._end_request: tuple[EndReason, str] | None = None
         self.finished = trio.Event()
 
     def cancel(self, reason: EndReason, detail: str = "") -> None:
-        """Ask the call to end for ``reason``.  Safe to call at any time, from any task."""
-        if self._end_request is None:
-            self._end_request = (reason, detail)
-        if self._scope is None:
-            self._pending = (reason, detail)
-        else:
-            self._scope.cancel(reason=f"{reason.value}: {detail}" if detail else reason.value)
+        """Ask the call to end for ``reason``.  Safe to call at any time, from any task.
+
+        The first reason given wins; later calls are no-ops.
+        """
+        if self._end_request is not None:
+            return
+        self._end_request = (reason, detail)
+        if self._on_cancel is not None:
+            self._on_cancel()
 
     @property
     def end_request(self) -> tuple[EndReason, str] | None:
         """The first reason given to :meth:`cancel`, if any."""
         return self._end_request
 
-    def bind_scope(self, scope: trio.CancelScope) -> None:
-        """Called by ``run_call`` once the call's cancel scope exists; not for the control plane."""
-        self._scope = scope
-        if self._pending is not None:
-            reason, detail = self._pending
-            self._pending = None
-            self.cancel(reason, detail)
+    def bind(self, on_cancel: Callable[[], None]) -> None:
+        """Called by ``run_call`` when the call starts; not for the control plane.
+
+        ``on_cancel`` runs once, at the first :meth:`cancel` (at once if that came earlier).
+        """
+        self._on_cancel = on_cancel
+        if self._end_request is not None:
+            on_cancel()
 
 
 @dataclass

@@ -62,7 +62,8 @@ class Playout:
         self._frames = frames
         self._summary = summary
         self._lead_s = lead_ms / 1000
-        self._playout_end = 0.0  # when ACS will have played everything sent so far (estimate)
+        # When ACS will have played everything sent so far (our estimate); nothing sent yet.
+        self._playout_end = float("-inf")
         self._cut_through_seq = 0
         self._stop_since: float | None = None
         self._wait_scope: trio.CancelScope | None = None

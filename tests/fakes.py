@@ -1,0 +1,333 @@
+"""In-process peers for call tests: a fake ACS and a fake realtime model.
+
+Both speak the real wire formats (acs-protocol.md §4.2/§4.4, realtime-protocol.md §2/§3) over real
+trio-websocket connections whose transport is an in-memory stream pair, so a whole call runs under
+``autojump_clock`` with exact virtual times and no sockets.  Each peer records what it saw, with
+the virtual time, for the test to assert on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import trio.testing
+from trio_websocket import (
+    CloseReason,
+    ConnectionClosed,
+    WebSocketConnection,
+    wrap_client_stream,
+    wrap_server_stream,
+)
+
+from acs_trio.errors import MediaClosed
+
+FRAME_MS = 20
+
+
+def pcm_tone(ms: int, value: int = 1000, rate: int = 24000) -> bytes:
+    """Constant-valued PCM16 (easy to recognise on the other side), ``ms`` long."""
+    return int(value).to_bytes(2, "little", signed=True) * (rate * ms // 1000)
+
+
+async def open_ws_pair(
+    nursery: trio.Nursery,
+    *,
+    server_nursery: trio.Nursery | None = None,
+    lockstep: bool = False,
+    max_message_size: int = 2**20,
+) -> tuple[WebSocketConnection, WebSocketConnection]:
+    """A connected (client, server) trio-websocket pair over memory streams.
+
+    The client's background reader runs in ``nursery``, the server's in ``server_nursery`` (default:
+    the same), so a remote peer can outlive the scope its client is cancelled in.
+    ``lockstep=True`` uses a stream with no buffer, so a peer that stops reading applies real
+    back-pressure to the writer, as TCP eventually does.
+    """
+    server_nursery = server_nursery or nursery
+    make = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+    client_stream, server_stream = make()
+    hand_over, handed = trio.open_memory_channel[WebSocketConnection](1)
+
+    async def server_side() -> None:
+        request = await wrap_server_stream(
+            server_nursery, server_stream, max_message_size=max_message_size
+        )
+        await hand_over.send(await request.accept())
+
+    server_nursery.start_soon(server_side)
+    client = await wrap_client_stream(
+        nursery, client_stream, "peer.test", "/", max_message_size=max_message_size
+    )
+    return client, await handed.receive()
+
+
+class TrioMediaSocket:
+    """The MediaSocket protocol over a trio-websocket server connection (our side of ACS)."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def receive(self) -> str | bytes:
+        try:
+            message: str | bytes = await self.ws.get_message()
+        except ConnectionClosed as exc:
+            raise MediaClosed("ACS closed the media socket", code=exc.reason.code) from None
+        return message
+
+    async def send(self, message: str) -> None:
+        try:
+            await self.ws.send_message(message)
+        except ConnectionClosed as exc:
+            raise MediaClosed("media socket closed", code=exc.reason.code) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.aclose(code, reason)
+
+
+@dataclass
+class Seen:
+    """Messages one peer received, with the virtual time of arrival, and how its socket closed."""
+
+    messages: list[tuple[float, Any]] = field(default_factory=list)
+    closed: CloseReason | None = None
+    closed_at: float | None = None
+
+    def of(self, predicate: Callable[[Any], bool]) -> list[tuple[float, Any]]:
+        return [(t, m) for t, m in self.messages if predicate(m)]
+
+
+async def record(ws: WebSocketConnection, seen: Seen) -> None:
+    """Receive until the socket closes; JSON text is decoded, anything else kept raw."""
+    while True:
+        try:
+            raw = await ws.get_message()
+        except ConnectionClosed as exc:
+            seen.closed, seen.closed_at = exc.reason, trio.current_time()
+            return
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            message = raw
+        seen.messages.append((trio.current_time(), message))
+
+
+class FakeAcs:
+    """The ACS side of the media socket: streams caller frames, records what the server sends."""
+
+    def __init__(self, ws: WebSocketConnection, rate: int = 24000) -> None:
+        self.ws = ws
+        self.rate = rate
+        self.seen = Seen()
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.rate * 2 * FRAME_MS // 1000
+
+    async def send_json(self, message: dict[str, Any]) -> None:
+        await self.ws.send_message(json.dumps(message))
+
+    async def send_metadata(self) -> None:
+        await self.send_json(
+            {
+                "kind": "AudioMetadata",
+                "audioMetadata": {
+                    "subscriptionId": "89e8cb59-b991-48b0-b154-1db84f16a077",
+                    "encoding": "PCM",
+                    "sampleRate": self.rate,
+                    "channels": 1,
+                    "length": self.frame_bytes,
+                },
+            }
+        )
+
+    async def send_frame(self, pcm: bytes, *, silent: bool = False) -> None:
+        await self.send_json(
+            {
+                "kind": "AudioData",
+                "audioData": {
+                    "timestamp": "2024-11-15T19:16:12.925Z",
+                    "participantRawID": "4:+14255550123",
+                    "data": base64.b64encode(pcm).decode(),
+                    "silent": silent,
+                },
+            }
+        )
+
+    async def stream(self, ms: int, *, value: int = 1000, silent: bool = False) -> None:
+        """Stream ``ms`` of audio as real-time 20 ms frames (absolute deadlines, no drift).
+
+        Stops quietly when the server closes the socket, as ACS does.
+        """
+        start = trio.current_time()
+        frame = b"\x00" * self.frame_bytes if silent else pcm_tone(FRAME_MS, value, self.rate)
+        for n in range(ms // FRAME_MS):
+            await trio.sleep_until(start + n * FRAME_MS / 1000)
+            try:
+                await self.send_frame(frame, silent=silent)
+            except ConnectionClosed:
+                return
+
+    def audio_out(self) -> list[tuple[float, bytes]]:
+        """Agent audio frames received: (time, pcm), in the documented outbound shape only."""
+        return [
+            (t, base64.b64decode(m["AudioData"]["Data"]))
+            for t, m in self.seen.messages
+            if isinstance(m, dict) and m.get("Kind") == "AudioData"
+        ]
+
+    def stop_audio_times(self) -> list[float]:
+        return [
+            t for t, m in self.seen.messages if isinstance(m, dict) and m.get("Kind") == "StopAudio"
+        ]
+
+
+class FakeModel:
+    """A scripted realtime model: records client events; the test sends its server events."""
+
+    def __init__(
+        self, nursery: trio.Nursery, *, lockstep: bool = False, max_message_size: int = 2**20
+    ) -> None:
+        self.nursery = nursery  # where the "remote" model runs: outside the call's task tree
+        self.lockstep = lockstep
+        self.max_message_size = max_message_size
+        self.seen = Seen()
+        self.connected = trio.Event()
+        self.ws: WebSocketConnection | None = None
+        self.reading = True
+        self._resume = trio.Event()
+        self._ids = 0
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[WebSocketConnection]:
+        """A ModelConnector: one in-memory socket to this fake per call."""
+        async with trio.open_nursery() as nursery:
+            client, server = await open_ws_pair(
+                nursery,
+                server_nursery=self.nursery,
+                lockstep=self.lockstep,
+                max_message_size=self.max_message_size,
+            )
+            self.ws = server
+            self.nursery.start_soon(self._record, server)
+            self.connected.set()
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _record(self, ws: WebSocketConnection) -> None:
+        while True:
+            if not self.reading:
+                await self._resume.wait()
+            try:
+                raw = await ws.get_message()
+            except ConnectionClosed as exc:
+                self.seen.closed, self.seen.closed_at = exc.reason, trio.current_time()
+                return
+            self.seen.messages.append((trio.current_time(), json.loads(raw)))
+
+    def stop_reading(self) -> None:
+        self.reading = False
+        self._resume = trio.Event()
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        self._resume.set()
+
+    def events(self, type_: str) -> list[dict[str, Any]]:
+        return [m for _, m in self.seen.messages if m.get("type") == type_]
+
+    def appended_pcm(self) -> bytes:
+        return b"".join(
+            base64.b64decode(e["audio"]) for e in self.events("input_audio_buffer.append")
+        )
+
+    def next_id(self, prefix: str) -> str:
+        self._ids += 1
+        return f"{prefix}_{self._ids:04d}"
+
+    async def send(self, event: dict[str, Any] | str | bytes) -> None:
+        assert self.ws is not None
+        await self.ws.send_message(event if isinstance(event, str | bytes) else json.dumps(event))
+
+    async def speech_started(self, item_id: str = "item_user", audio_start_ms: int = 0) -> None:
+        await self.send(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "event_id": self.next_id("event"),
+                "item_id": item_id,
+                "audio_start_ms": audio_start_ms,
+            }
+        )
+
+    async def speech_stopped(self, item_id: str = "item_user", audio_end_ms: int = 0) -> None:
+        await self.send(
+            {
+                "type": "input_audio_buffer.speech_stopped",
+                "event_id": self.next_id("event"),
+                "item_id": item_id,
+                "audio_end_ms": audio_end_ms,
+            }
+        )
+
+    async def start_response(self) -> tuple[str, str]:
+        response_id, item_id = self.next_id("resp"), self.next_id("item")
+        await self.send(
+            {
+                "type": "response.created",
+                "event_id": self.next_id("event"),
+                "response": {
+                    "object": "realtime.response",
+                    "id": response_id,
+                    "status": "in_progress",
+                },
+            }
+        )
+        return response_id, item_id
+
+    async def audio_delta(self, response_id: str, item_id: str, pcm: bytes) -> None:
+        await self.send(
+            {
+                "type": "response.output_audio.delta",
+                "event_id": self.next_id("event"),
+                "response_id": response_id,
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": base64.b64encode(pcm).decode(),
+            }
+        )
+
+    async def finish_response(
+        self, response_id: str, item_id: str, status: str = "completed"
+    ) -> None:
+        common = {
+            "response_id": response_id,
+            "item_id": item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
+        await self.send(
+            {"type": "response.output_audio.done", "event_id": self.next_id("event"), **common}
+        )
+        await self.send(
+            {
+                "type": "response.done",
+                "event_id": self.next_id("event"),
+                "response": {"object": "realtime.response", "id": response_id, "status": status},
+            }
+        )
+
+    async def speak(self, ms: int, *, value: int = 2000, chunk_ms: int = 100) -> tuple[str, str]:
+        """A whole response of ``ms`` of audio, sent as a burst (faster than real time)."""
+        response_id, item_id = await self.start_response()
+        for _ in range(ms // chunk_ms):
+            await self.audio_delta(response_id, item_id, pcm_tone(chunk_ms, value))
+        await self.finish_response(response_id, item_id)
+        return response_id, item_id

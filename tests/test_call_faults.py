@@ -1,0 +1,166 @@
+"""Hostile input from either peer, and a slow model: the call survives or ends alone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked
+
+from acs_trio.config import CallLimits
+from acs_trio.lifecycle import EndReason
+
+from .fakes import FakeModel, pcm_tone
+from .test_call import LIMITS, start_call
+
+GARBAGE_FROM_ACS = [
+    "{not json",
+    "[1, 2, 3]",
+    '{"no": "kind"}',
+    '{"kind": "AudioData", "audioData": {"data": "%%%not-base64%%%", "silent": false}}',
+    '{"kind": "AudioData", "audioData": {"data": "AA==", "silent": false}}',  # odd byte count
+    '{"kind": "AudioData"}',
+    '{"kind": "AudioMetadata", "audioMetadata": {"sampleRate": "fast"}}',
+    b"\x00\x01binary",
+    '{"kind": "AudioData", "audioData": {"data": "' + "A" * 70_000 + '"}}',  # oversized
+]
+
+
+async def test_garbage_from_acs_is_logged_and_the_call_goes_on(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = await start_call(nursery)
+    other = await start_call(nursery, call_id="bystander")
+    await call.acs.send_metadata()
+    for message in GARBAGE_FROM_ACS:
+        await call.acs.ws.send_message(message)
+    await call.acs.send_json({"kind": "MarkData", "markData": {"id": "x"}})
+    await call.acs.send_json({"kind": "MarkData", "markData": {"id": "y"}})
+    await call.acs.send_json({"kind": "DtmfData", "dtmfData": {"data": "5"}})
+    await call.acs.stream(120)
+    await wait_all_tasks_blocked()
+    # Good audio after the garbage still flows; the garbage never reached the model.
+    assert call.model.appended_pcm() == pcm_tone(120, 1000)
+    call.handle.cancel(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert summary.bad_acs_messages == len(GARBAGE_FROM_ACS)
+    assert summary.unknown_kinds == {"MarkData": 2}
+    assert caplog.text.count("unknown kind 'MarkData'") == 1  # logged once per call
+    assert "ignoring bad media message #1 from ACS" in caplog.text
+    assert other.summary is None
+
+
+async def test_a_flood_of_garbage_ends_only_that_call(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    limits = replace(LIMITS, max_bad_messages=10)
+    call = await start_call(nursery, limits=limits)
+    other = await start_call(nursery, call_id="bystander")
+    for _ in range(11):
+        await call.acs.ws.send_message("{garbage")
+    summary = await call.ended()
+    assert summary.end_reason is EndReason.ACS_PROTOCOL_ERROR
+    assert call.acs.seen.closed is not None and call.acs.seen.closed.code == 1007
+    assert other.summary is None
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"encoding": "OPUS", "sampleRate": 24000, "channels": 1},
+        {"encoding": "PCM", "sampleRate": 8000, "channels": 1},
+        {"encoding": "PCM", "sampleRate": 24000, "channels": 2},
+    ],
+)
+async def test_wrong_audio_format_ends_the_call_with_a_reason(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    metadata: dict[str, object],
+) -> None:
+    call = await start_call(nursery)
+    await call.acs.send_json({"kind": "AudioMetadata", "audioMetadata": metadata})
+    summary = await call.ended()
+    assert summary.end_reason is EndReason.ACS_PROTOCOL_ERROR
+    assert "unsupported audio format" in caplog.text
+    assert not summary.end_reason.caller_gone  # the control plane hangs up
+
+
+async def test_garbage_from_the_model_is_logged_and_the_call_goes_on(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery)
+    model = call.model
+    response_id, item_id = await model.start_response()
+    await model.send("{not json")
+    await model.send(b"\x00binary")
+    await model.send({"no_type": 1})
+    await model.send({"type": "response.output_audio.delta", "response_id": response_id})
+    await model.send(
+        {
+            "type": "response.output_audio.delta",
+            "response_id": response_id,
+            "item_id": item_id,
+            "delta": "%%",
+        }
+    )
+    await model.send({"type": "some.future.event", "payload": [1, 2]})
+    await model.audio_delta(response_id, item_id, pcm_tone(100, 2000))
+    # Beta event names are understood too.
+    await model.send(
+        {
+            "type": "response.audio.delta",
+            "response_id": response_id,
+            "item_id": item_id,
+            "delta": __import__("base64").b64encode(pcm_tone(40, 2000)).decode(),
+        }
+    )
+    await trio.sleep(1)
+    assert len(call.acs.audio_out()) == 7
+    call.handle.cancel(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert summary.bad_model_messages == 5
+    assert summary.end_reason is EndReason.CALL_DISCONNECTED
+
+
+async def test_an_oversized_model_message_ends_the_call_alone(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    limits = replace(LIMITS, max_model_message_bytes=64 * 1024)
+    model = FakeModel(nursery, max_message_size=64 * 1024)
+    call = await start_call(nursery, limits=limits, model=model)
+    other = await start_call(nursery, call_id="bystander")
+    response_id, item_id = await model.start_response()
+    await model.audio_delta(response_id, item_id, pcm_tone(1500))  # 96 KB of base64
+    summary = await call.ended()
+    assert summary.end_reason is EndReason.MODEL_CLOSED
+    assert "1009" in summary.end_detail  # message too big
+    assert call.acs.seen.closed is not None and call.acs.seen.closed.code == 1000
+    assert other.summary is None
+
+
+async def test_slow_model_applies_backpressure_and_loses_nothing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    limits: CallLimits = replace(LIMITS, model_outbox_size=4)
+    model = FakeModel(nursery, lockstep=True)
+    call = await start_call(nursery, limits=limits, model=model)
+    await call.acs.send_metadata()
+    model.stop_reading()
+    nursery.start_soon(partial(call.acs.stream, 3000))
+    await trio.sleep(1.5)
+    # The model reads nothing: ACS receive waits once the outbox is full (policy: wait, count).
+    assert call.summary is None
+    await trio.sleep(1.6)
+    model.resume_reading()
+    await trio.sleep(2)
+    await wait_all_tasks_blocked()
+    assert model.appended_pcm() == pcm_tone(3000, 1000)  # every frame, in order
+    call.handle.cancel(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert summary.inbound_waits >= 1
+    assert summary.frames_in == 150
+    # Stalled well past the media timeout?  No: a wait on our side is not a dead line.
+    assert summary.end_reason is EndReason.CALL_DISCONNECTED

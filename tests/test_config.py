@@ -1,0 +1,95 @@
+"""Settings from the environment: provider choice, URL shapes, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from acs_trio.config import Settings
+from acs_trio.errors import ConfigError
+
+
+def test_defaults_use_the_local_peer() -> None:
+    settings = Settings.from_env({})
+    assert settings.model is None
+    assert settings.acs is None
+    assert settings.limits.playout_lead_ms == 100
+
+
+def test_azure_openai_ga_endpoint_and_api_key_header() -> None:
+    settings = Settings.from_env(
+        {
+            "AZURE_OPENAI_ENDPOINT": "https://myres.openai.azure.com/",
+            "AZURE_OPENAI_API_KEY": "k",
+            "AZURE_OPENAI_DEPLOYMENT": "gpt-realtime",
+        }
+    )
+    assert settings.model is not None
+    assert (
+        settings.model.url == "wss://myres.openai.azure.com/openai/v1/realtime?model=gpt-realtime"
+    )
+    assert settings.model.headers == (("api-key", "k"),)
+    assert "api-version" not in settings.model.url
+    assert "k" not in repr(settings.model)
+    assert settings.agent.model == "gpt-realtime"
+
+
+def test_openai_endpoint_and_bearer() -> None:
+    model = Settings.from_env(
+        {"OPENAI_API_KEY": "sk", "OPENAI_REALTIME_MODEL": "gpt-realtime-mini"}
+    ).model
+    assert model is not None
+    assert model.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime-mini"
+    assert model.headers == (("Authorization", "Bearer sk"),)
+
+
+def test_explicit_url_wins() -> None:
+    model = Settings.from_env(
+        {"REALTIME_URL": "ws://127.0.0.1:9/v1/realtime", "OPENAI_API_KEY": "sk"}
+    ).model
+    assert model is not None and model.provider == "explicit URL" and model.headers == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"REALTIME_URL": "http://x"}, "REALTIME_URL"),
+        (
+            {"AZURE_OPENAI_ENDPOINT": "https://x", "AZURE_OPENAI_DEPLOYMENT": "d"},
+            "AZURE_OPENAI_API_KEY",
+        ),
+        (
+            {"AZURE_OPENAI_ENDPOINT": "https://x", "AZURE_OPENAI_API_KEY": "k"},
+            "AZURE_OPENAI_DEPLOYMENT",
+        ),
+        ({"AGENT_VOICE": "robot"}, "AGENT_VOICE"),
+        ({"VAD_THRESHOLD": "2"}, "VAD_THRESHOLD"),
+        ({"CALL_IDLE_TIMEOUT_S": "-1"}, "CALL_IDLE_TIMEOUT_S"),
+        ({"APPEND_BATCH_MS": "50"}, "APPEND_BATCH_MS"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"ACS_CONNECTION_STRING": "endpoint=https://a/;accesskey=b"}, "PUBLIC_BASE_URL"),
+        (
+            {
+                "ACS_CONNECTION_STRING": "nope",
+                "PUBLIC_BASE_URL": "https://h",
+                "ACS_RESOURCE_ID": "r",
+            },
+            "ACS_CONNECTION_STRING",
+        ),
+    ],
+)
+def test_invalid_settings_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+
+
+def test_acs_settings() -> None:
+    acs = Settings.from_env(
+        {
+            "ACS_CONNECTION_STRING": "endpoint=https://res.communication.azure.com/;accesskey=c2VjcmV0",
+            "PUBLIC_BASE_URL": "https://bot.example.com/",
+            "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000000",
+        }
+    ).require_acs()
+    assert acs.public_base_url == "https://bot.example.com"
+    assert acs.jwt_issuer == "https://acscallautomation.communication.azure.com"
+    assert "c2VjcmV0" not in repr(acs)
