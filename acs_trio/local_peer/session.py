@@ -16,15 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .assets import GREETING_TRANSCRIPT, pcm_ms
-from .events import (
-    ResponseIds,
-    assistant_item,
-    content_part,
-    rate_limits_updated,
-    response_object,
-    usage_block,
-    user_audio_item,
-)
+from .events import user_audio_item
 from .inputs import InputBuffer
 from .protocol import (
     Event,
@@ -35,26 +27,13 @@ from .protocol import (
     merge_session_update,
     parse_client_event,
 )
+from .responses import Responder, ResponsePlan
 from .settings import LocalPeerSettings, PeerStats
 from .vad import VadEvent
 
 __all__ = ["Outgoing", "PeerSession", "ResponsePlan"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ResponsePlan:
-    """A response being streamed: its audio, what has gone out, and whether it is over."""
-
-    ids: ResponseIds
-    kind: str  # "greeting" or "echo"
-    audio: bytes
-    transcript: str
-    input_audio_ms: int
-    sent_bytes: int = 0
-    sent_words: int = 0
-    finished: bool = False
 
 
 #: What :meth:`PeerSession.receive` returns: events to send now, or a response to stream.
@@ -64,8 +43,15 @@ Outgoing = Event | ResponsePlan
 @dataclass
 class _Item:
     item: Event
-    audio_bytes: int = 0
+    user_audio_bytes: int = 0
+    #: The response that writes this item, for assistant items.
+    plan: ResponsePlan | None = None
     truncated_ms: int | None = None
+
+    @property
+    def model_audio_bytes(self) -> int:
+        """Model audio generated (sent) for this item so far; 0 for user items."""
+        return 0 if self.plan is None else self.plan.sent_bytes
 
 
 @dataclass
@@ -87,8 +73,7 @@ class PeerSession:
         self.stats = stats
         self.ids = IdFactory(settings.id_seed)
         self.session = default_session(self.ids, model=settings.model, expires_at=expires_at)
-        self.conversation_id = self.ids.new("conv")
-        self.active: ResponsePlan | None = None
+        self.responder = Responder(self.ids, stats, chunk_ms=settings.chunk_ms)
         self._greeting = greeting
         self._conv = _Conversation()
         self._input = InputBuffer(settings, self.turn_detection)
@@ -126,36 +111,18 @@ class PeerSession:
 
     # -- streaming (called by the sender task) ---------------------------------------------------
 
+    @property
+    def active(self) -> ResponsePlan | None:
+        """The response being streamed, if any (at most one writes the conversation, RP §2.5)."""
+        return self.responder.active
+
     def next_chunk(self, plan: ResponsePlan) -> list[Event]:
-        """The next ``output_audio.delta`` (+ transcript delta); ``[]`` when done or cancelled."""
-        if plan.finished or plan.sent_bytes >= len(plan.audio):
-            return []
-        size = self.settings.chunk_ms * 48
-        chunk = plan.audio[plan.sent_bytes : plan.sent_bytes + size]
-        plan.sent_bytes += len(chunk)
-        self._conv.items[plan.ids.item_id].audio_bytes = plan.sent_bytes
-        self.stats.audio_out_ms += pcm_ms(len(chunk))
-        out = [self._event("response.output_audio.delta", **plan.ids.fields(), delta=_b64(chunk))]
-        # Spread the transcript over the audio so a cut response has said part of it.
-        words = plan.transcript.split()
-        upto = -(-len(words) * plan.sent_bytes // len(plan.audio))
-        if upto > plan.sent_words:
-            text = " ".join(words[plan.sent_words : upto])
-            text = text if plan.sent_words == 0 else " " + text
-            plan.sent_words = upto
-            out.append(
-                self._event(
-                    "response.output_audio_transcript.delta", **plan.ids.fields(), delta=text
-                )
-            )
-        return out
+        """The next audio delta of ``plan`` (+ transcript delta); ``[]`` when done or cancelled."""
+        return self.responder.next_chunk(plan)
 
     def complete(self, plan: ResponsePlan) -> list[Event]:
-        """Closing events of a response whose audio all went out; ``[]`` if it was cancelled."""
-        if plan.finished:
-            return []
-        self.stats.responses_completed += 1
-        return self._close(plan, "completed", None)
+        """Closing events of a fully sent response; ``[]`` if it was cancelled meanwhile."""
+        return self.responder.complete(plan)
 
     # -- client events ---------------------------------------------------------------------------
 
@@ -257,14 +224,14 @@ class PeerSession:
                 "audio_end_ms must be a non-negative integer.",
                 param="audio_end_ms",
             )
-        if record.item.get("role") != "assistant" or record.audio_bytes == 0:
+        if record.model_audio_bytes == 0:
             # RP §5 step 4: the API's answer to truncating before any model audio.
             raise PeerRequestError(
                 "unsupported_content_type",
                 "Only model output audio messages can be truncated",
                 param="item_id",
             )
-        have_ms = pcm_ms(record.audio_bytes)
+        have_ms = pcm_ms(record.model_audio_bytes)
         if end_ms > have_ms:
             # Message shape as observed: RP §5 "Known truncate errors".
             raise PeerRequestError(
@@ -303,7 +270,7 @@ class PeerSession:
             raise PeerRequestError(
                 "response_cancel_not_active", "Cancellation failed: no active response found"
             )
-        return list(self._cancel(plan, "client_cancelled"))
+        return list(self.responder.cancel(plan, "client_cancelled"))
 
     # -- turns and responses ---------------------------------------------------------------------
 
@@ -320,7 +287,7 @@ class PeerSession:
                 )
             ]
             if self.active is not None and td.get("interrupt_response", True):
-                out += self._cancel(self.active, "turn_detected")
+                out += self.responder.cancel(self.active, "turn_detected")
             return out
         item_id = self._turn_item or self.ids.new("item")
         self._turn_item = None
@@ -345,7 +312,7 @@ class PeerSession:
         """``committed`` then ``conversation.item.added``/``.done`` (RP §3.2 VAD-turn order)."""
         previous = self._conv.last_id
         item = user_audio_item(item_id)
-        self._conv.items[item_id] = _Item(item, audio_bytes=len(audio))
+        self._conv.items[item_id] = _Item(item, user_audio_bytes=len(audio))
         return [
             self._event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id),
             self._event("conversation.item.added", previous_item_id=previous, item=item),
@@ -353,82 +320,21 @@ class PeerSession:
         ]
 
     def _start_response(self) -> list[Outgoing]:
-        """``response.created``, ``output_item.added``, ``content_part.added``, then the plan."""
+        """Opening events, then the plan: the greeting first, afterwards an echo of the caller."""
         if self._last_user_audio:
             audio, kind = self._last_user_audio, "echo"
             transcript = f"(echo of your {len(audio) / 48000:.1f} s of speech)"
         else:
             audio, kind, transcript = self._greeting, "greeting", GREETING_TRANSCRIPT
-        ids = ResponseIds(self.ids.new("resp"), self.ids.new("item"))
-        plan = ResponsePlan(ids, kind, audio, transcript, pcm_ms(len(self._last_user_audio or b"")))
-        self.active = plan
-        self.stats.responses.append(kind)
-        item = assistant_item(ids.item_id, status="in_progress", transcript=None)
-        self._conv.items[ids.item_id] = _Item(item)
-        voice = self.session["audio"]["output"].get("voice", "marin")
-        return [
-            self._event(
-                "response.created",
-                response=response_object(
-                    ids, conversation_id=self.conversation_id, voice=voice, status="in_progress"
-                ),
-            ),
-            self._event(
-                "response.output_item.added", response_id=ids.response_id, output_index=0, item=item
-            ),
-            self._event("response.content_part.added", **ids.fields(), part=content_part("")),
-            plan,
-        ]
-
-    def _cancel(self, plan: ResponsePlan, reason: str) -> list[Event]:
-        self.stats.cancels.append(reason)
-        logger.info("local peer: response %s cancelled (%s)", plan.ids.response_id, reason)
-        return self._close(plan, "cancelled", {"type": "cancelled", "reason": reason})
-
-    def _close(self, plan: ResponsePlan, status: str, details: Event | None) -> list[Event]:
-        """The ``…done`` cascade (RP §3.2 "Close"); a cancelled item is ``incomplete`` [INF]."""
-        plan.finished = True
-        self.active = None
-        ids = plan.ids
-        transcript = " ".join(plan.transcript.split()[: plan.sent_words])
-        item = assistant_item(
-            ids.item_id,
-            status="completed" if status == "completed" else "incomplete",
+        plan, opening = self.responder.start(
+            kind=kind,
+            audio=audio,
             transcript=transcript,
-        )
-        self._conv.items[ids.item_id].item = item
-        usage = usage_block(
-            input_audio_ms=plan.input_audio_ms,
-            output_audio_ms=pcm_ms(plan.sent_bytes),
-            output_words=plan.sent_words,
-        )
-        response = response_object(
-            ids,
-            conversation_id=self.conversation_id,
+            input_audio_ms=pcm_ms(len(self._last_user_audio or b"")),
             voice=self.session["audio"]["output"].get("voice", "marin"),
-            status=status,
-            status_details=details,
-            output=[item],
-            usage=usage,
         )
-        return [
-            self._event("response.output_audio.done", **ids.fields()),
-            self._event(
-                "response.output_audio_transcript.done", **ids.fields(), transcript=transcript
-            ),
-            self._event(
-                "response.content_part.done", **ids.fields(), part=content_part(transcript)
-            ),
-            self._event(
-                "response.output_item.done", response_id=ids.response_id, output_index=0, item=item
-            ),
-            self._event("response.done", response=response),
-            rate_limits_updated(self.ids, tokens_used=usage["total_tokens"]),
-        ]
+        self._conv.items[plan.ids.item_id] = _Item(plan.item, plan=plan)
+        return [*opening, plan]
 
     def _event(self, kind: str, **fields: Any) -> Event:
         return {"type": kind, "event_id": self.ids.new("event"), **fields}
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
