@@ -181,6 +181,8 @@ async def test_session_created_then_update_merges(autojump_clock: trio.abc.Clock
     ("session", "param"),
     [
         ({"instructions": "no type"}, "session.type"),
+        ({"type": "realtime", "modalities": ["audio"]}, "session.modalities"),  # a beta name
+        ({"type": "realtime", "audio": {"input": {"voice": "marin"}}}, "session.audio.input.voice"),
         ({"type": "realtime", "audio": {"input": {"format": {"type": "audio/pcmu"}}}},
          "session.audio.input.format.type"),
         ({"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcm"}}}},

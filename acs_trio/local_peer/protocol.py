@@ -58,6 +58,18 @@ SERVER_VAD_DEFAULTS: dict[str, Any] = {
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 
+#: GA session fields a client may send (RP §2.1 full example, plus ``prompt``/``include`` from the
+#: SDK types).  Anything else, such as the beta names ``modalities`` or ``input_audio_format``
+#: (RP §3.1), is refused as the API refuses unknown parameters [INF: code ``unknown_parameter``].
+SESSION_KEYS = frozenset(
+    {"type", "model", "output_modalities", "instructions", "audio", "tools", "tool_choice",
+     "max_output_tokens", "tracing", "truncation", "prompt", "include"}
+)  # fmt: skip
+AUDIO_KEYS = {
+    "input": frozenset({"format", "transcription", "noise_reduction", "turn_detection"}),
+    "output": frozenset({"format", "voice", "speed"}),
+}
+
 
 class PeerRequestError(Exception):
     """A client event the real service would answer with an ``error`` event (RP §6).
@@ -206,6 +218,8 @@ def merge_session_update(current: Event, update: Any) -> Event:
         )
     merged = copy.deepcopy(current)
     for key, value in update.items():
+        if key not in SESSION_KEYS:
+            raise _unknown(f"session.{key}")
         if key == "audio":
             _merge_audio(merged["audio"], value)
         elif key == "model":
@@ -226,7 +240,10 @@ def merge_session_update(current: Event, update: Any) -> Event:
 def _merge_audio(audio: Event, update: Any) -> None:
     if not isinstance(update, dict):
         raise PeerRequestError("invalid_type", "'audio' must be an object.", param="session.audio")
-    for direction in ("input", "output"):
+    for key in update:
+        if key not in AUDIO_KEYS:
+            raise _unknown(f"session.audio.{key}")
+    for direction, known in AUDIO_KEYS.items():
         part = update.get(direction)
         if part is None:
             continue
@@ -238,6 +255,8 @@ def _merge_audio(audio: Event, update: Any) -> None:
             )
         for key, value in part.items():
             param = f"session.audio.{direction}.{key}"
+            if key not in known:
+                raise _unknown(param)
             if key == "format":
                 _check_format(value, param)
                 audio[direction][key] = dict(PCM_FORMAT)
@@ -245,6 +264,10 @@ def _merge_audio(audio: Event, update: Any) -> None:
                 audio["input"][key] = _turn_detection(value, param)
             else:
                 audio[direction][key] = copy.deepcopy(value)
+
+
+def _unknown(param: str) -> PeerRequestError:
+    return PeerRequestError("unknown_parameter", f"Unknown parameter: '{param}'.", param=param)
 
 
 def _check_format(value: Any, param: str) -> None:
