@@ -1,0 +1,365 @@
+"""The server's live calls: admission, answering, supervision, hang-up and drain.
+
+Every answered call has one :class:`CallRecord`, found by its per-call URL token (and checked
+against ``callConnectionId``), and one *supervisor* task in the control plane's server-level
+nursery.  The supervisor answers the call, waits for the media socket (or for the call to end
+first), waits for the media route to finish ``run_call``, hangs the ACS call up unless the caller
+is already gone, and removes the record.  So "registry empty" means "every task of every call has
+ended", which is what tests and the drain wait for.
+
+The media WebSocket itself runs in hypercorn's connection task (that is where the ASGI socket
+lives); it reports back through ``CallRecord.media_done``.  Hanging up happens here rather than
+in that task because a connection task can be cancelled by the server, and because the media
+socket may never connect at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from .acs_rest import AcsRest
+from .errors import AcsRestError
+from .lifecycle import CallHandle, CallIds, CallSummary, EndReason
+from .webhook import CallbackEvent, IncomingCall
+
+__all__ = ["Admission", "CallRecord", "ControlPlane", "ControlTimeouts"]
+
+logger = logging.getLogger(__name__)
+
+#: Remembered event ids / incomingCallContexts for duplicate detection (bounded, oldest dropped).
+SEEN_EVENTS_MAX = 4096
+
+
+@dataclass(frozen=True)
+class ControlTimeouts:
+    #: Whole ``answer_call`` exchange, retries included.
+    answer_s: float = 10.0
+    #: From answering to the media WebSocket connecting; after this the call is hung up.
+    media_connect_s: float = 30.0
+    #: One ``hang_up`` exchange; runs shielded, so this is also the shield's deadline.
+    hang_up_s: float = 5.0
+
+
+@dataclass(eq=False)
+class CallRecord:
+    token: str
+    handle: CallHandle
+    incoming: IncomingCall
+    call_connection_id: str = ""
+    media_attached: bool = False
+    #: ACS told us the call is over (CallDisconnected): never hang up.
+    disconnected: bool = False
+    summary: CallSummary | None = None
+    end_requested: trio.Event = field(default_factory=trio.Event)
+    media_connected: trio.Event = field(default_factory=trio.Event)
+    media_done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def ids(self) -> CallIds:
+        return self.handle.ids
+
+    def adopt_connection_id(self, call_connection_id: str) -> bool:
+        """Learn the id (answer result, media header or first callback); False if it conflicts."""
+        if not call_connection_id:
+            return True
+        if not self.call_connection_id:
+            self.call_connection_id = call_connection_id
+            self.handle.ids = CallIds(call_connection_id, self.handle.ids.correlation_id)
+            return True
+        return self.call_connection_id == call_connection_id
+
+    def request_end(self, reason: EndReason, detail: str = "") -> None:
+        self.handle.cancel(reason, detail)
+        self.end_requested.set()
+
+
+class Admission:
+    """Outcomes of :meth:`ControlPlane.admit` (strings, so they go straight into log lines)."""
+
+    ANSWERING = "answering"
+    DUPLICATE = "duplicate"
+    NOT_READY = "not_ready"
+    DRAINING = "draining"
+    FULL = "full"
+
+
+class ControlPlane:
+    """Owns the server-level call nursery; all methods are safe to call from route handlers."""
+
+    def __init__(
+        self,
+        rest: AcsRest,
+        *,
+        public_base_url: str,
+        max_concurrent_calls: int,
+        timeouts: ControlTimeouts | None = None,
+    ) -> None:
+        self._rest = rest
+        self._base = public_base_url.rstrip("/")
+        self._max_calls = max_concurrent_calls
+        self._timeouts = ControlTimeouts() if timeouts is None else timeouts
+        self.calls: dict[str, CallRecord] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._nursery: trio.Nursery | None = None
+        self._idle = trio.Event()
+        self._idle.set()
+        self._closed = trio.Event()
+        self.draining = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The server-level nursery; returns after :meth:`close` once every supervisor is done."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._closed.wait()
+        self._nursery = None
+
+    def close(self) -> None:
+        self.draining = True
+        self._closed.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._nursery is not None and not self.draining and len(self.calls) < self._max_calls
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new calls, give live ones ``grace_s``, then end them (SHUTDOWN) and hang up."""
+        if not self.draining:
+            self.draining = True
+            logger.info("draining: %d live call(s), grace %.1fs", len(self.calls), grace_s)
+        with trio.move_on_after(grace_s):
+            await self._idle.wait()
+        for record in list(self.calls.values()):
+            logger.info("%s ending for shutdown", record.ids)
+            record.request_end(EndReason.SHUTDOWN, "server shutting down")
+        # Supervisors now hang up (each shielded with its own deadline); wait a bounded time.
+        with trio.move_on_after(self._timeouts.hang_up_s + 5):
+            await self._idle.wait()
+        if self.calls:
+            logger.warning("drain finished with %d call(s) still winding down", len(self.calls))
+
+    # -- URLs --------------------------------------------------------------------------------
+
+    def callback_url(self, token: str) -> str:
+        return f"{self._base}/api/callbacks/{token}"
+
+    def transport_url(self, token: str) -> str:
+        """https→wss, http→ws, + ``/ws/{token}`` (contract, "Wire facts")."""
+        if self._base.startswith("https://"):
+            return "wss://" + self._base.removeprefix("https://") + f"/ws/{token}"
+        return "ws://" + self._base.removeprefix("http://") + f"/ws/{token}"
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def admit(self, incoming: IncomingCall) -> str:
+        """Decide about one IncomingCall without waiting; answering continues in the background."""
+        keys = (f"id:{incoming.event_id}", f"ctx:{incoming.incoming_call_context}")
+        if any(key in self._seen for key in keys):
+            return Admission.DUPLICATE
+        for key in keys:
+            self._seen[key] = None
+        while len(self._seen) > SEEN_EVENTS_MAX:
+            self._seen.popitem(last=False)
+        if self._nursery is None:
+            return Admission.NOT_READY
+        if self.draining:
+            return Admission.DRAINING
+        if len(self.calls) >= self._max_calls:
+            return Admission.FULL
+        token = secrets.token_urlsafe(32)
+        pending_id = f"pending-{incoming.server_call_id[-12:] or incoming.event_id[:12]}"
+        record = CallRecord(
+            token=token,
+            handle=CallHandle(CallIds(pending_id, incoming.correlation_id)),
+            incoming=incoming,
+        )
+        # Registered BEFORE answer_call: the media socket may connect before it returns.
+        self.calls[token] = record
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._nursery.start_soon(self._supervise, record)
+        return Admission.ANSWERING
+
+    # -- the media route and callbacks ---------------------------------------------------------
+
+    def claim_media(self, token: str, call_connection_id: str) -> CallRecord | str:
+        """Bind the media socket to its call, or say why it is refused (a log-ready reason).
+
+        A token works once: a second socket for a live call is refused, and so is one for a call
+        that has already been asked to end.
+        """
+        record = self.calls.get(token)
+        if record is None:
+            return "unknown or finished call token"
+        if record.media_attached:
+            return f"{record.ids}: token already used by a media socket"
+        if record.end_requested.is_set():
+            return f"{record.ids}: call is already ending"
+        if not record.adopt_connection_id(call_connection_id):
+            return f"{record.ids}: x-ms-call-connection-id {call_connection_id!r} does not match"
+        record.media_attached = True
+        record.media_connected.set()
+        return record
+
+    def on_callback(self, token: str, event: CallbackEvent) -> None:
+        """Apply one Call Automation event to its call (acs-protocol.md §3); never to another."""
+        record = self.calls.get(token)
+        if record is None:
+            logger.info(
+                "callback %s for an unknown or ended call (call_connection_id=%s corr=%s): ignored",
+                event.name,
+                event.call_connection_id,
+                event.correlation_id or "-",
+            )
+            return
+        if not record.adopt_connection_id(event.call_connection_id):
+            logger.warning(
+                "%s callback %s names call_connection_id=%s: not this call, ignored",
+                record.ids,
+                event.name,
+                event.call_connection_id,
+            )
+            return
+        name = event.name
+        if name == "CallDisconnected":
+            logger.info("%s CallDisconnected", record.ids)
+            record.disconnected = True
+            record.request_end(EndReason.CALL_DISCONNECTED, "CallDisconnected callback")
+        elif name == "MediaStreamingFailed":
+            # No dead air: without media the caller hears nothing, so end and hang up.
+            update = event.data.get("mediaStreamingUpdate")
+            logger.warning(
+                "%s MediaStreamingFailed result=%s update=%s",
+                record.ids,
+                event.result_summary(),
+                update,
+            )
+            record.request_end(
+                EndReason.CANCELLED, f"MediaStreamingFailed {event.result_summary()}"
+            )
+        elif name.startswith("MediaStreaming") or name == "CallConnected":
+            logger.info(
+                "%s %s update=%s", record.ids, name, event.data.get("mediaStreamingUpdate", "-")
+            )
+        elif name == "ParticipantsUpdated":
+            participants = event.data.get("participants")
+            count = len(participants) if isinstance(participants, list) else "?"
+            logger.info(
+                "%s ParticipantsUpdated participants=%s seq=%s",
+                record.ids,
+                count,
+                event.data.get("sequenceNumber"),
+            )
+        elif name.endswith("Failed"):
+            logger.warning("%s %s result=%s", record.ids, name, event.result_summary())
+        else:
+            logger.info("%s %s (not acted on) result=%s", record.ids, name, event.result_summary())
+
+    # -- one call's supervisor -----------------------------------------------------------------
+
+    async def _supervise(self, record: CallRecord) -> None:
+        try:
+            if await self._answer(record):
+                await self._follow(record)
+        finally:
+            del self.calls[record.token]
+            if not self.calls:
+                self._idle.set()
+            logger.debug("%s released", record.ids)
+
+    async def _answer(self, record: CallRecord) -> bool:
+        incoming = record.incoming
+        logger.info(
+            "%s answering caller=%s server_call_id=%s",
+            record.ids,
+            incoming.caller,
+            incoming.server_call_id,
+        )
+        try:
+            with trio.fail_after(self._timeouts.answer_s):
+                answered = await self._rest.answer_call(
+                    incoming.incoming_call_context,
+                    callback_url=self.callback_url(record.token),
+                    transport_url=self.transport_url(record.token),
+                )
+        except AcsRestError as exc:
+            logger.warning("%s answer_call failed, call dropped: %s", record.ids, exc)
+            return False
+        except trio.TooSlowError:
+            logger.warning(
+                "%s answer_call timed out after %.1fs, call dropped",
+                record.ids,
+                self._timeouts.answer_s,
+            )
+            return False
+        if not record.adopt_connection_id(answered.call_connection_id):
+            logger.warning(
+                "%s answer returned call_connection_id=%s, media/callback said otherwise",
+                record.ids,
+                answered.call_connection_id,
+            )
+        logger.info("%s answered", record.ids)
+        return True
+
+    async def _follow(self, record: CallRecord) -> None:
+        with trio.move_on_after(self._timeouts.media_connect_s) as waited:
+            await _wait_any(record.media_connected, record.end_requested)
+        if record.media_connected.is_set():
+            await record.media_done.wait()
+            why = self._hang_up_reason(record)
+        elif waited.cancelled_caught:
+            record.request_end(EndReason.MEDIA_TIMEOUT, "media socket never connected")
+            why = f"media socket did not connect within {self._timeouts.media_connect_s:.0f}s"
+        else:
+            request = record.handle.end_request
+            why = None if record.disconnected else f"ended before media: {request}"
+        if why is None:
+            logger.info("%s ended by ACS; no hang-up needed", record.ids)
+            return
+        await self._hang_up(record, why)
+
+    @staticmethod
+    def _hang_up_reason(record: CallRecord) -> str | None:
+        if record.disconnected:
+            return None
+        summary = record.summary
+        if summary is None:
+            return "media handler was cancelled before the call ended"
+        if summary.end_reason.caller_gone:
+            return None
+        return f"call ended by us: {summary.end_reason.value} {summary.end_detail}".strip()
+
+    async def _hang_up(self, record: CallRecord, why: str) -> None:
+        """Never leave a caller in dead air: shielded, with its own deadline."""
+        if not record.call_connection_id:
+            logger.warning("%s cannot hang up (%s): no call_connection_id", record.ids, why)
+            return
+        logger.info("%s hanging up: %s", record.ids, why)
+        with trio.move_on_after(self._timeouts.hang_up_s, shield=True) as scope:
+            try:
+                await self._rest.hang_up(record.call_connection_id)
+            except AcsRestError as exc:
+                logger.warning("%s hang_up failed: %s", record.ids, exc)
+                return
+        if scope.cancelled_caught:
+            logger.warning("%s hang_up timed out after %.1fs", record.ids, self._timeouts.hang_up_s)
+        else:
+            logger.info("%s hung up", record.ids)
+
+
+async def _wait_any(*events: trio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait_then_cancel(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait_then_cancel, event)
