@@ -8,14 +8,15 @@ with its own JWKS and served over HTTPS with its own CA.
 
 from __future__ import annotations
 
-from .acs import SimulatedAcs as SimulatedAcs
-from .acs import open_simulated_acs as open_simulated_acs
+from .acs import SimulatedAcs as SimulatedAcs, open_simulated_acs as open_simulated_acs
 from .call import CallOptions as CallOptions
-from .report import AggregateReport as AggregateReport
-from .report import CallReport as CallReport
-from .report import TurnReport as TurnReport
-from .report import render_aggregate as render_aggregate
-from .report import render_call as render_call
+from .report import (
+    AggregateReport as AggregateReport,
+    CallReport as CallReport,
+    TurnReport as TurnReport,
+    render_aggregate as render_aggregate,
+    render_call as render_call,
+)
 
 __all__ = [
     "AggregateReport",

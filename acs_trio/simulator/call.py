@@ -231,7 +231,8 @@ async def _media(ctx: CallContext, options: CallOptions, call: SimCall, report: 
     report.gaps_ms = [round(g, 1) for g in link.track.gaps_ms]
     report.stop_audio_s = [round(t, 3) for t in report.stop_audio_s]
     if options.record_dir is not None:
-        report.recording = str(_record(options.record_dir, report, link))
+        path = await trio.to_thread.run_sync(_record, options.record_dir, report, link)
+        report.recording = str(path)
 
 
 async def _converse(
@@ -318,6 +319,8 @@ async def _script(
             await link.wait_played_out(options.quiet_s)
     for number, clip in enumerate(clips, start=1):
         barge_in = options.barge_in and number > 1
+        if barge_in:
+            clip = clip.without_leading_silence()
         step.name = f"speaking utterance {number}"
         start_s, end_s = await link.play(clip)
         report.turns.append(

@@ -35,6 +35,16 @@ class PreparedClip:
     silent: list[bool]
 
     @property
+    def first_voiced(self) -> int:
+        """Index of the first non-silent frame (0 if none): where the caller's speech starts."""
+        return next((i for i, quiet in enumerate(self.silent) if not quiet), 0)
+
+    def without_leading_silence(self) -> PreparedClip:
+        """The same clip starting at its first voiced frame (a barge-in starts talking at once)."""
+        i = self.first_voiced
+        return PreparedClip(self.samples[i:], self.tails[i:], self.silent[i:])
+
+    @property
     def last_voiced(self) -> int:
         """Index of the last non-silent frame (-1 if none): where the caller's speech ends."""
         return max((i for i, quiet in enumerate(self.silent) if not quiet), default=-1)
@@ -107,8 +117,8 @@ class MediaLink:
     async def play(self, clip: PreparedClip) -> tuple[float, float]:
         """Stream ``clip`` in place of silence; return when its speech has been sent.
 
-        Returns the call-timeline times of its first frame and of its last voiced frame; the
-        clip's trailing silence keeps streaming while the caller of ``play`` goes on.
+        Returns the call-timeline times of its first and last voiced frames (speech start and
+        end); the clip's trailing silence keeps streaming while the caller of ``play`` goes on.
         """
         playing = _Playing(clip)
         await self._queue_send.send(playing)
@@ -144,7 +154,7 @@ class MediaLink:
             self.report.silent_frames_sent += silent
             if current is not None:
                 sent_at = deadline - self.opened_at
-                if current.position == 0:
+                if current.position == current.clip.first_voiced:
                     current.started_at = sent_at
                 if (
                     current.position >= current.clip.last_voiced

@@ -32,7 +32,7 @@ class TurnReport:
     """One caller utterance and the agent's answer to it."""
 
     utterance: int
-    #: When the utterance's first frame was sent.
+    #: When the utterance's first non-silent frame was sent.
     speech_start_s: float
     #: When the last non-silent frame of the utterance was sent.
     speech_end_s: float
