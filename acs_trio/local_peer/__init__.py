@@ -10,11 +10,9 @@ audio.  Modules: :mod:`.protocol` and :mod:`.events` (wire shapes), :mod:`.vad` 
 from __future__ import annotations
 
 from .connection import handle_connection as handle_connection
-from .server import REALTIME_PATH as REALTIME_PATH
-from .server import serve_local_peer as serve_local_peer
+from .server import REALTIME_PATH as REALTIME_PATH, serve_local_peer as serve_local_peer
 from .session import PeerSession as PeerSession
-from .settings import LocalPeerSettings as LocalPeerSettings
-from .settings import PeerStats as PeerStats
+from .settings import LocalPeerSettings as LocalPeerSettings, PeerStats as PeerStats
 
 __all__ = [
     "REALTIME_PATH",

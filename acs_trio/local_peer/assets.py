@@ -6,8 +6,6 @@ import functools
 import io
 import wave
 from importlib import resources
-from importlib.resources.abc import Traversable
-from pathlib import Path
 
 from ..errors import ConfigError
 
@@ -24,22 +22,14 @@ def pcm_ms(n_bytes: int) -> int:
 
 @functools.cache
 def load_pcm(name: str) -> bytes:
-    """PCM frames of ``acs_trio/assets/<name>``; raises ConfigError if it is not 24 kHz mono s16."""
-    data = _package_root().joinpath("assets", name).read_bytes()
+    """PCM frames of ``acs_trio/assets/<name>``; raises ConfigError if it is not 24 kHz mono s16.
+
+    Read through ``importlib.resources`` (pyproject ships ``assets/*.wav`` as package data), so it
+    works from a wheel as well as from a checkout.
+    """
+    data = resources.files("acs_trio").joinpath("assets", name).read_bytes()
     with wave.open(io.BytesIO(data), "rb") as wav:
         shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
         if shape != (24_000, 1, 2):
             raise ConfigError(f"asset {name}: expected 24000 Hz mono 16-bit, got {shape}")
         return wav.readframes(wav.getnframes())
-
-
-def _package_root() -> Traversable:
-    """``acs_trio``'s package data root.
-
-    ``importlib.resources`` cannot open a namespace package whose path holds an editable-install
-    hook (as ``acs_trio`` is while it has no ``__init__.py``); fall back to this file's location.
-    """
-    try:
-        return resources.files("acs_trio")
-    except (NotADirectoryError, TypeError):
-        return Path(__file__).resolve().parent.parent

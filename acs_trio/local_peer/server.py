@@ -118,6 +118,6 @@ def main(argv: list[str]) -> int:
     )
     try:
         trio.run(partial(serve_local_peer, host=args.host, port=args.port, settings=settings))
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:  # Ctrl-C arrives wrapped by the nursery
         logger.info("local peer: stopped")
     return 0
