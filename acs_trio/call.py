@@ -23,36 +23,25 @@ The ACS socket is closed last, under a shielded deadline, and one summary line i
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from . import realtime_events as rt
-from .acs_media import (
-    SUPPORTED_SAMPLE_RATES,
-    AudioData,
-    AudioMetadata,
-    DtmfData,
-    UnknownKind,
-    parse_acs_message,
-)
+from .acs_media import AudioData, AudioMetadata, DtmfData, UnknownKind, parse_acs_message
+from .agent_audio import AgentAudio
+from .caller_audio import CallerAudio
 from .config import AgentSettings, CallLimits
 from .errors import MediaClosed, ModelError, ProtocolError
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
 from .outbound import OutboundFrame, Playout
 from .realtime_client import ModelConnector
-from .resample import Resampler
 
 __all__ = ["run_call"]
 
 logger = logging.getLogger(__name__)
-
-MODEL_RATE = rt.MODEL_SAMPLE_RATE
-#: Items whose received length we remember for clamping truncates (older ones cannot be cut).
-_TRACKED_ITEMS = 8
 
 
 async def run_call(
@@ -89,32 +78,19 @@ class _CallBridge:
         now = trio.current_time()
         self.summary = CallSummary(ids=handle.ids, started_at=now)
         self.media_closed_by_peer = False
-        # Caller audio → model.
-        self.outbox_send, self.outbox_recv = trio.open_memory_channel[str](limits.model_outbox_size)
-        self.inbound_resampler: Resampler | None = None
-        self.silent_frame = bytes(MODEL_RATE // 50 * 2)
-        self.batch: list[bytes] = []
-        self.batch_bytes = 0
-        self.batch_target = MODEL_RATE * 2 * limits.append_batch_ms // 1000
-        self.inbound_blocked = False
         self.last_acs_message = now
         self.last_speech = now
-        # Model audio → caller.
-        frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
+        self.inbound_blocked = False
+        self.logged_kinds: set[str] = set()
+        # Caller audio → model: a bounded outbox; the producer waits when it is full.
+        self.caller_audio = CallerAudio(limits.append_batch_ms)
+        self.outbox_send, self.outbox_recv = trio.open_memory_channel[str](limits.model_outbox_size)
+        # Model audio → caller: a bounded frame channel drained by the paced sender.
+        self.agent_audio = AgentAudio(limits.frame_ms)
+        self.frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
             max(1, limits.outbound_buffer_ms // limits.frame_ms)
         )
-        self.frames_send = frames_send
         self.playout = Playout(media, frames_recv, self.summary, lead_ms=limits.playout_lead_ms)
-        self.outbound_resampler: Resampler | None = None
-        self.sample_rate = MODEL_RATE
-        self.frame_bytes = MODEL_RATE * 2 * limits.frame_ms // 1000
-        self.response_seq: OrderedDict[str, int] = OrderedDict()
-        self.latest_seq = 0
-        self.cut_through_seq = 0
-        self.received_ms: OrderedDict[str, float] = OrderedDict()
-        self.carry = b""
-        self.carry_key: tuple[int, str] | None = None
-        self.logged_kinds: set[str] = set()
         # Cancelled by end(); created up front so an early end applies the moment they are entered.
         self.acs_scope = trio.CancelScope()
         self.model_connect_scope = trio.CancelScope()
@@ -139,9 +115,7 @@ class _CallBridge:
                 with trio.move_on_after(self.limits.close_timeout_s, shield=True) as scope:
                     await self.media.close(reason.media_close_code, reason.value)
                 if scope.cancelled_caught:
-                    self.log.warning(
-                        "media socket did not close within %.1fs", self.limits.close_timeout_s
-                    )
+                    self.log.warning("media socket did not close in time")
             summary = self.summary
             summary.ended_at = trio.current_time()
             summary.end_reason, summary.end_detail = reason, detail
@@ -166,22 +140,13 @@ class _CallBridge:
         self.log.error("call task crashed", exc_info=group)
         self.end(EndReason.INTERNAL_ERROR, repr(group.exceptions[0]))
 
-    async def run_acs_side(self) -> None:
-        with self.acs_scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.receive_from_acs)
-                    nursery.start_soon(self.playout.run)
-                    nursery.start_soon(self.watchdog)
-            except* Exception as group:
-                self.crashed(group)
-
     async def watchdog(self) -> None:
         limits = self.limits
         end_by = self.summary.started_at + limits.max_duration_s
         while True:
             now = trio.current_time()
             idle_at = max(self.last_speech, self.playout.last_write) + limits.idle_timeout_s
+            # Time we spend waiting on a slow model is not a dead ACS line.
             media_at = (
                 now + limits.media_timeout_s
                 if self.inbound_blocked
@@ -198,7 +163,17 @@ class _CallBridge:
                 return
             await trio.sleep_until(min(end_by, idle_at, media_at))
 
-    # --- ACS → model -------------------------------------------------------------------------
+    # --- the ACS side ----------------------------------------------------------------------
+
+    async def run_acs_side(self) -> None:
+        with self.acs_scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.receive_from_acs)
+                    nursery.start_soon(self.playout.run)
+                    nursery.start_soon(self.watchdog)
+            except* Exception as group:
+                self.crashed(group)
 
     async def receive_from_acs(self) -> None:
         with self.outbox_send:
@@ -235,21 +210,10 @@ class _CallBridge:
     async def on_caller_audio(self, audio: AudioData) -> None:
         summary = self.summary
         summary.frames_in += 1
-        pcm = audio.pcm
-        if audio.silent:
-            # Silence is forwarded as the audio it is, so the model's VAD keeps a true timeline.
-            summary.silent_frames_in += 1
-            if not pcm:
-                pcm = self.silent_frame
-        if self.inbound_resampler is not None:
-            pcm = self.inbound_resampler.process(pcm)
-        self.batch.append(pcm)
-        self.batch_bytes += len(pcm)
-        if self.batch_bytes < self.batch_target:
+        summary.silent_frames_in += audio.silent
+        message = self.caller_audio.push(audio)
+        if message is None:
             return
-        message = rt.input_audio_append(b"".join(self.batch))
-        self.batch.clear()
-        self.batch_bytes = 0
         try:
             self.outbox_send.send_nowait(message)
         except trio.WouldBlock:
@@ -262,24 +226,15 @@ class _CallBridge:
             self.last_acs_message = trio.current_time()
 
     def on_metadata(self, meta: AudioMetadata) -> None:
-        if (
-            meta.encoding.upper() != "PCM"
-            or meta.channels != 1
-            or meta.sample_rate not in SUPPORTED_SAMPLE_RATES
-        ):
-            self.log.error("unsupported audio format from ACS: %s", meta)
-            self.end(EndReason.ACS_PROTOCOL_ERROR, f"unsupported audio format {meta}")
+        try:
+            self.caller_audio.configure(meta)
+        except ProtocolError as exc:
+            self.log.error("%s: ending the call", exc)
+            self.end(EndReason.ACS_PROTOCOL_ERROR, str(exc))
             return
         self.log.info("audio metadata: %s Hz, %s bytes per frame", meta.sample_rate, meta.length)
-        rate = meta.sample_rate
-        self.sample_rate = self.summary.sample_rate_hz = rate
-        self.silent_frame = bytes(rate // 50 * 2)
-        self.frame_bytes = rate * 2 * self.limits.frame_ms // 1000
-        if rate == MODEL_RATE:
-            self.inbound_resampler = self.outbound_resampler = None
-        else:
-            self.inbound_resampler = Resampler(rate, MODEL_RATE)
-            self.outbound_resampler = Resampler(MODEL_RATE, rate)
+        self.agent_audio.set_rate(meta.sample_rate)
+        self.summary.sample_rate_hz = meta.sample_rate
 
     def bad_acs_message(self, what: str) -> None:
         count = self.summary.bad_acs_messages = self.summary.bad_acs_messages + 1
@@ -293,7 +248,7 @@ class _CallBridge:
             self.logged_kinds.add(kind)
             self.log.info("ignoring media messages of unknown kind %r", kind[:64])
 
-    # --- the model link ----------------------------------------------------------------------
+    # --- the model side --------------------------------------------------------------------
 
     async def run_model(self, connect_model: ModelConnector) -> None:
         try:
@@ -314,7 +269,12 @@ class _CallBridge:
 
     async def run_model_session(self, ws: WebSocketConnection) -> None:
         try:
-            await self.start_session(ws)
+            ready = trio.current_time()
+            self.log.info("model connected in %.0f ms", (ready - self.summary.started_at) * 1000)
+            await ws.send_message(rt.session_update(self.agent))
+            if self.agent.greeting:
+                self.playout.expect_greeting(ready)
+                await ws.send_message(rt.response_create(self.agent.greeting))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.send_to_model, ws)
                 nursery.start_soon(self.receive_from_model, ws)
@@ -332,30 +292,15 @@ class _CallBridge:
         reason = exc.reason if isinstance(exc, ConnectionClosed) else exc
         self.end(EndReason.MODEL_CLOSED, f"model socket closed: {reason}")
 
-    async def start_session(self, ws: WebSocketConnection) -> None:
-        ready = trio.current_time()
-        self.log.info("model connected in %.0f ms", (ready - self.summary.started_at) * 1000)
-        await ws.send_message(rt.session_update(self.agent))
-        if self.agent.greeting:
-            self.playout.expect_greeting(ready)
-            await ws.send_message(rt.response_create(self.agent.greeting))
-
     async def send_to_model(self, ws: WebSocketConnection) -> None:
         with self.outbox_recv:
-            try:
-                async for message in self.outbox_recv:
-                    await ws.send_message(message)
-            except ConnectionClosed as exc:
-                self.model_closed(exc)
+            async for message in self.outbox_recv:
+                await ws.send_message(message)
 
     async def receive_from_model(self, ws: WebSocketConnection) -> None:
         with self.frames_send:
             while True:
-                try:
-                    raw = await ws.get_message()
-                except ConnectionClosed as exc:
-                    self.model_closed(exc)
-                    return
+                raw = await ws.get_message()
                 try:
                     event = rt.parse_server_event(raw)
                 except ProtocolError as exc:
@@ -366,56 +311,46 @@ class _CallBridge:
 
     async def on_model_event(self, ws: WebSocketConnection, event: rt.ServerEvent) -> None:
         if type(event) is rt.AudioDelta:
-            await self.on_audio_delta(event)
+            await self.push_frames(self.agent_audio.frames(event))
         elif isinstance(event, rt.SpeechStarted):
             await self.on_speech_started(ws)
         elif isinstance(event, rt.SpeechStopped):
             self.last_speech = now = trio.current_time()
             self.summary.turns += 1
-            self.playout.expect_answer(now, self.latest_seq)
+            self.playout.expect_answer(now, self.agent_audio.latest_seq)
         elif isinstance(event, rt.ResponseCreated):
-            self.seq_of(event.response_id)
+            self.agent_audio.seq_of(event.response_id)
         elif isinstance(event, rt.AudioDone):
-            await self.flush_carry()
+            await self.push_frames(self.agent_audio.flush())
         elif isinstance(event, rt.ErrorEvent):
             self.summary.model_errors += 1
             if event.fatal:
                 self.end(EndReason.MODEL_ERROR, f"{event.code}: {event.message}")
             else:
                 self.log.warning(
-                    "model error (call goes on): %s %s: %s", event.type, event.code, event.message
+                    "model error (the call goes on): %s %s: %s",
+                    event.type,
+                    event.code,
+                    event.message,
                 )
-        elif isinstance(event, rt.SessionEvent):
-            self.log.debug("%s", event.type)
         elif isinstance(event, rt.ResponseDone):
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)
         elif isinstance(event, rt.OutputTranscript | rt.InputTranscript):
-            self.log.debug("%s transcript: %s", type(event).__name__, event.transcript)
-
-    def seq_of(self, response_id: str) -> int:
-        seq = self.response_seq.get(response_id)
-        if seq is None:
-            self.latest_seq = seq = self.latest_seq + 1
-            self.response_seq[response_id] = seq
-            if len(self.response_seq) > _TRACKED_ITEMS:
-                self.response_seq.popitem(last=False)
-        return seq
+            self.log.debug("%s: %s", type(event).__name__, event.transcript)
 
     async def on_speech_started(self, ws: WebSocketConnection) -> None:
         self.last_speech = trio.current_time()
         # Every response so far is now interrupted: none of its audio may reach the caller.
-        self.cut_through_seq = self.latest_seq
-        self.carry, self.carry_key = b"", None
-        cut = self.playout.interrupt(self.latest_seq)
+        cut = self.playout.interrupt(self.agent_audio.cut_all())
         if cut is None:
             return
         self.summary.barge_ins += 1
         if cut.item_id is None or cut.sent_ms <= 0:
             self.log.info("barge-in before any audio of the answer was sent: no truncate")
             return
-        audio_end_ms = int(min(cut.sent_ms, self.received_ms.get(cut.item_id, 0.0)))
+        audio_end_ms = int(min(cut.sent_ms, self.agent_audio.received_ms(cut.item_id)))
         self.log.info(
-            "barge-in: stopped agent audio, truncating %s at %d ms (%d queued frames dropped)",
+            "barge-in: agent audio stopped; truncating %s at %d ms (%d queued frames dropped)",
             cut.item_id,
             audio_end_ms,
             cut.dropped_frames,
@@ -424,45 +359,12 @@ class _CallBridge:
             self.summary.truncated_at_ms.append(audio_end_ms)
             await ws.send_message(rt.truncate_item(cut.item_id, audio_end_ms))
 
-    async def on_audio_delta(self, delta: rt.AudioDelta) -> None:
-        seq = self.seq_of(delta.response_id)
-        if seq <= self.cut_through_seq:
-            return  # a delta of an interrupted response, still in flight: never played
-        item = delta.item_id
-        self.received_ms[item] = self.received_ms.get(item, 0.0) + len(delta.pcm) / (
-            MODEL_RATE * 2 / 1000
-        )
-        if len(self.received_ms) > _TRACKED_ITEMS:
-            self.received_ms.popitem(last=False)
-        pcm = (
-            delta.pcm
-            if self.outbound_resampler is None
-            else self.outbound_resampler.process(delta.pcm)
-        )
-        key = (seq, item)
-        if self.carry_key != key:
-            await self.flush_carry()
-            self.carry_key = key
-        buffer = self.carry + pcm if self.carry else pcm
-        size = self.frame_bytes
-        whole = len(buffer) - len(buffer) % size
-        for offset in range(0, whole, size):
-            await self.push_frame(seq, item, buffer[offset : offset + size])
-        self.carry = buffer[whole:]
-
-    async def flush_carry(self) -> None:
-        """Send the last partial frame of an item (its audio is done)."""
-        if self.carry and self.carry_key is not None:
-            seq, item = self.carry_key
-            await self.push_frame(seq, item, self.carry)
-        self.carry, self.carry_key = b"", None
-
-    async def push_frame(self, seq: int, item: str, pcm: bytes) -> None:
-        frame = OutboundFrame(seq, item, pcm, len(pcm) / (self.sample_rate * 2 / 1000))
-        try:
-            self.frames_send.send_nowait(frame)
-        except trio.WouldBlock:
-            # Policy: more than outbound_buffer_ms of unplayed agent audio: the model reader
-            # waits (back-pressure to the model socket) and the wait is counted.
-            self.summary.outbound_waits += 1
-            await self.frames_send.send(frame)
+    async def push_frames(self, frames: list[OutboundFrame]) -> None:
+        for frame in frames:
+            try:
+                self.frames_send.send_nowait(frame)
+            except trio.WouldBlock:
+                # Policy: more than outbound_buffer_ms of unplayed agent audio: the model reader
+                # waits (back-pressure to the model socket) and the wait is counted.
+                self.summary.outbound_waits += 1
+                await self.frames_send.send(frame)
