@@ -37,7 +37,7 @@ from .tls import TlsFiles, make_tls_files
 from .tokens import OFFICIAL_ISSUER, TokenSigner
 from .wire import WallClock
 
-__all__ = ["SimulatedAcs", "open_simulated_acs"]
+__all__ = ["SimulatedAcs", "load_utterances", "open_simulated_acs"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +109,6 @@ class SimulatedAcs:
     def _context(
         self, wav: Path | None, options: CallOptions, progress: Callable[[int, str], None] | None
     ) -> CallContext:
-        clip = load_wav(wav)
-        first, second = split_at_longest_silence(clip, threshold_rms=options.silence_threshold_rms)
-        utterances: tuple[Clip, ...] = (first,) if second is None else (first, second)
-        if options.barge_in and len(utterances) < 2:
-            raise ConfigError("--barge-in needs a WAV with two utterances separated by silence")
         return CallContext(
             registry=self.registry,
             signer=self.signer,
@@ -123,9 +118,22 @@ class SimulatedAcs:
                 f"/subscriptions/{uuid.UUID(int=0)}/resourceGroups/acs-simulator/providers/"
                 "Microsoft.Communication/communicationServices/acs-simulator"
             ),
-            utterances=utterances,
+            utterances=load_utterances(wav, options),
             progress=progress or (lambda _index, _text: None),
         )
+
+
+def load_utterances(wav: Path | None, options: CallOptions) -> tuple[Clip, ...]:
+    """The caller's speech: the WAV split at its longest silence into one or two utterances.
+
+    Raises :class:`ConfigError` for an unusable WAV, or a single utterance with ``barge_in``.
+    Cheap enough to call up front just to validate the arguments.
+    """
+    clip = load_wav(wav)
+    first, second = split_at_longest_silence(clip, threshold_rms=options.silence_threshold_rms)
+    if options.barge_in and second is None:
+        raise ConfigError("barge-in needs a WAV with two utterances separated by silence")
+    return (first,) if second is None else (first, second)
 
 
 @asynccontextmanager

@@ -67,9 +67,9 @@ class Clip:
 def load_wav(path: Path | None = None) -> Clip:
     """Read a 16/24 kHz mono PCM16 WAV; ``None`` reads the packaged ``caller.wav``."""
     if path is None:
-        # Found next to the package, not via importlib.resources.files("acs_trio"): without an
-        # acs_trio/__init__.py the editable install makes acs_trio a namespace package, which
-        # files() cannot read.  package-data ships assets/*.wav alongside the modules.
+        # Next to the package rather than importlib.resources.files("acs_trio"): under the
+        # setuptools editable finder, files() fails outside the source tree ("MultiplexedPath
+        # only supports directories").  package-data installs assets/*.wav alongside the modules.
         return load_wav(Path(__file__).resolve().parent.parent / "assets" / "caller.wav")
     try:
         with wave.open(str(path), "rb") as wav:

@@ -17,7 +17,7 @@ import httpx
 import trio
 
 from ..errors import AcsTrioError
-from .acs import SimulatedAcs, open_simulated_acs
+from .acs import SimulatedAcs, load_utterances, open_simulated_acs
 from .call import CallOptions
 from .report import AggregateReport, render_aggregate, render_call
 
@@ -56,6 +56,7 @@ def main(argv: list[str]) -> int:
         print("acs-trio simulate: --calls and --concurrency must be at least 1", file=sys.stderr)
         return 2
     try:
+        load_utterances(args.wav, _options(args))  # fail fast, before anything is started
         report = trio.run(_simulate, args)
     except AcsTrioError as exc:
         print(f"acs-trio simulate: {exc}", file=sys.stderr)
@@ -65,10 +66,14 @@ def main(argv: list[str]) -> int:
     return 0 if report is not None and not report.failed else 1
 
 
-async def _simulate(args: argparse.Namespace) -> AggregateReport | None:
-    options = CallOptions(
+def _options(args: argparse.Namespace) -> CallOptions:
+    return CallOptions(
         barge_in=args.barge_in, expect_greeting=not args.no_greeting, record_dir=args.record_dir
     )
+
+
+async def _simulate(args: argparse.Namespace) -> AggregateReport | None:
+    options = _options(args)
     async with open_simulated_acs(state_dir=args.state_dir) as acs:
         _announce(acs, args.server, args.env_file)
         if not await _wait_ready(acs, args.server, args.ready_timeout):
