@@ -313,7 +313,7 @@ async def _script(
         step.name = "waiting for the greeting"
         with trio.fail_after(options.greeting_timeout_s):
             await link.wait_until(lambda: link.last_audio_s is not None)
-        say(f"greeting started at {link.last_audio_s:.2f} s")
+        say(f"greeting started at {report.greeting_first_audio_s:.2f} s")
         step.name = "waiting for the greeting to finish"
         with trio.fail_after(options.playout_timeout_s):
             await link.wait_played_out(options.quiet_s)

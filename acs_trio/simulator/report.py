@@ -120,7 +120,7 @@ def finish_turns(
     """
     for turn in turns:
         i = bisect.bisect_left(audio_s, turn.speech_end_s)
-        turn.first_audio_s = audio_s[i] if i < len(audio_s) else None
+        turn.first_audio_s = round(audio_s[i], 3) if i < len(audio_s) else None
         if turn.barge_in:
             j = bisect.bisect_left(stops_s, turn.speech_start_s)
             if j < len(stops_s):
