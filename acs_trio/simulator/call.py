@@ -227,6 +227,8 @@ async def _media(ctx: CallContext, options: CallOptions, call: SimCall, report: 
     finish_turns(report.turns, link.audio_s, report.stop_audio_s)
     report.received_audio_ms = round(link.track.received_ms, 1)
     report.discarded_audio_ms = round(link.track.discarded_ms, 1)
+    if link.audio_s:
+        report.receive_span_ms = round((link.audio_s[-1] - link.audio_s[0]) * 1000, 1)
     report.max_lead_ms = round(link.track.max_lead_ms, 1)
     report.gaps_ms = [round(g, 1) for g in link.track.gaps_ms]
     report.stop_audio_s = [round(t, 3) for t in report.stop_audio_s]

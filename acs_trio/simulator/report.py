@@ -72,6 +72,8 @@ class CallReport:
     silent_frames_sent: int = 0
     frames_received: int = 0
     received_audio_ms: float = 0.0
+    #: Wall time from the first to the last AudioData received (compare with received_audio_ms).
+    receive_span_ms: float = 0.0
     #: Audio the server sent that StopAudio flushed before it was played.
     discarded_audio_ms: float = 0.0
     stop_audio_s: list[float] = field(default_factory=list)
@@ -215,7 +217,8 @@ def render_call(call: CallReport) -> str:
         f"  ended by {call.hung_up_by or '-'} (close code {call.close_code}), "
         f"{call.duration_s:.1f} s, format {call.audio_format or '-'}, answer {_ms(call.answer_ms)}",
         f"  frames sent {call.frames_sent} ({call.silent_frames_sent} silent), "
-        f"received {call.frames_received} ({call.received_audio_ms / 1000:.1f} s audio, "
+        f"received {call.frames_received} ({call.received_audio_ms / 1000:.1f} s audio over "
+        f"{call.receive_span_ms / 1000:.1f} s, "
         f"{call.discarded_audio_ms / 1000:.1f} s flushed by StopAudio)",
     ]
     for turn in call.turns:
