@@ -15,7 +15,6 @@ import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +27,8 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 from .audio import Clip, write_wav
 from .media import MediaLink, PreparedClip, prepare_clip
 from .registry import CallRegistry, SimCall
-from .report import CallReport, TurnReport, finish_turns
+from .report import CallReport, finish_turns
+from .script import Step, run_script
 from .tokens import CALLBACK_TOKEN_LIFETIME_S, WEBSOCKET_TOKEN_LIFETIME_S, TokenSigner
 from .wire import AudioFrameEncoder, WallClock, cloud_event, incoming_call_event
 
@@ -74,13 +74,6 @@ class CallContext:
     #: The caller's speech: one utterance, or two split at the recording's longest silence.
     utterances: tuple[Clip, ...]
     progress: Callable[[int, str], None] = lambda _index, _text: None
-
-
-class _Step:
-    """Names the script step in progress, so a timeout or early hang-up says where it happened."""
-
-    def __init__(self) -> None:
-        self.name = "placing the call"
 
 
 async def run_call(
@@ -246,7 +239,11 @@ async def _converse(
     clips: list[PreparedClip],
 ) -> None:
     """Run sender, recorder and script until one side hangs up."""
-    step = _Step()
+    step = Step()
+
+    def say(text: str) -> None:
+        ctx.progress(report.index, text)
+
     # §3: MediaStreamingStarted carries mediaStreamingUpdate; the enum values are from §3, the
     # contentType spelling "Audio" is [INF].
     streaming = {"mediaStreamingUpdate": {"contentType": "Audio",
@@ -255,7 +252,7 @@ async def _converse(
 
     async def script_then_hang_up() -> None:
         try:
-            await _script(ctx, options, report, link, clips, step)
+            await run_script(options, report, link, clips, step, say)
         except trio.TooSlowError:
             report.fail(f"timed out {step.name}")
         report.hung_up_by = report.hung_up_by or "simulator"
@@ -294,67 +291,6 @@ async def _converse(
 async def _send_until_closed(link: MediaLink) -> None:
     with contextlib.suppress(ConnectionClosed):  # the recorder sees the close and ends the call
         await link.send_loop()
-
-
-async def _script(
-    ctx: CallContext,
-    options: CallOptions,
-    report: CallReport,
-    link: MediaLink,
-    clips: list[PreparedClip],
-    step: _Step,
-) -> None:
-    """The caller: listen to the greeting, speak, wait for answers (or talk over one)."""
-
-    def say(text: str) -> None:
-        ctx.progress(report.index, text)
-
-    step.name = "in the lead-in"
-    await trio.sleep(options.lead_in_s)
-    if options.expect_greeting:
-        step.name = "waiting for the greeting"
-        with trio.fail_after(options.greeting_timeout_s):
-            await link.wait_until(lambda: link.last_audio_s is not None)
-        say(f"greeting started at {report.greeting_first_audio_s:.2f} s")
-        step.name = "waiting for the greeting to finish"
-        with trio.fail_after(options.playout_timeout_s):
-            await link.wait_played_out(options.quiet_s)
-    for number, clip in enumerate(clips, start=1):
-        barge_in = options.barge_in and number > 1
-        if barge_in:
-            clip = clip.without_leading_silence()
-        step.name = f"speaking utterance {number}"
-        start_s, end_s = await link.play(clip)
-        report.turns.append(
-            TurnReport(number, round(start_s, 3), round(end_s, 3), barge_in=barge_in)
-        )
-        if barge_in:
-            step.name = f"waiting for StopAudio after barge-in utterance {number}"
-            with trio.fail_at(link.opened_at + start_s + options.stop_audio_timeout_s):
-                await link.wait_until(partial(_stopped_since, report, start_s))
-            latency_ms = 1000 * (report.stop_audio_s[-1] - start_s)
-            say(f"barge-in honoured: StopAudio {latency_ms:.0f} ms after speech start")
-        step.name = f"waiting for the answer to utterance {number}"
-        with trio.fail_after(options.response_timeout_s):
-            await link.wait_until(partial(_audio_since, link, end_s))
-        ttfa_ms = 1000 * ((link.last_audio_s or 0.0) - end_s)
-        say(f"turn {number}: first audio {ttfa_ms:.0f} ms after speech end")
-        next_barges_in = options.barge_in and number < len(clips)
-        if next_barges_in:
-            step.name = f"letting the answer to utterance {number} start"
-            await trio.sleep(options.barge_in_delay_s)
-        else:
-            step.name = f"listening to the answer to utterance {number}"
-            with trio.fail_after(options.playout_timeout_s):
-                await link.wait_played_out(options.quiet_s)
-
-
-def _stopped_since(report: CallReport, t: float) -> bool:
-    return any(stop >= t for stop in report.stop_audio_s)
-
-
-def _audio_since(link: MediaLink, t: float) -> bool:
-    return link.last_audio_s is not None and link.last_audio_s > t
 
 
 def _record(directory: Path, report: CallReport, link: MediaLink) -> Path:
