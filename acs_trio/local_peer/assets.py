@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import io
 import wave
-from importlib import resources
 
+from ..assets import asset_path
 from ..errors import ConfigError
 
 __all__ = ["GREETING_TRANSCRIPT", "load_pcm", "pcm_ms"]
@@ -24,10 +24,10 @@ def pcm_ms(n_bytes: int) -> int:
 def load_pcm(name: str) -> bytes:
     """PCM frames of ``acs_trio/assets/<name>``; raises ConfigError if it is not 24 kHz mono s16.
 
-    Read through ``importlib.resources`` (pyproject ships ``assets/*.wav`` as package data), so it
-    works from a wheel as well as from a checkout.
+    pyproject ships ``assets/*.wav`` as package data, so this works from a wheel as well as from a
+    checkout.
     """
-    data = resources.files("acs_trio").joinpath("assets", name).read_bytes()
+    data = asset_path(name).read_bytes()
     with wave.open(io.BytesIO(data), "rb") as wav:
         shape = (wav.getframerate(), wav.getnchannels(), wav.getsampwidth())
         if shape != (24_000, 1, 2):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ..assets import asset_path
 from ..errors import ConfigError
 
 __all__ = [
@@ -67,10 +68,7 @@ class Clip:
 def load_wav(path: Path | None = None) -> Clip:
     """Read a 16/24 kHz mono PCM16 WAV; ``None`` reads the packaged ``caller.wav``."""
     if path is None:
-        # Next to the package rather than importlib.resources.files("acs_trio"): under the
-        # setuptools editable finder, files() fails outside the source tree ("MultiplexedPath
-        # only supports directories").  package-data installs assets/*.wav alongside the modules.
-        return load_wav(Path(__file__).resolve().parent.parent / "assets" / "caller.wav")
+        return load_wav(asset_path("caller.wav"))
     try:
         with wave.open(str(path), "rb") as wav:
             rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
