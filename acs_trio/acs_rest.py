@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import httpx
+import httpx  # the design names httpx (flake8-async ASYNC127 prefers httpx2): this module only
 import trio
 from azure.communication.callautomation import (
     AudioFormat,

@@ -162,7 +162,9 @@ class _Runtime:
                 if self.connect_model is None:
                     self.connect_model = await self._model_connector(nursery)
                 self.plane = plane
-                await plane.run(task_status=task_status)  # until stop(): drained and closed
+                await nursery.start(plane.run)
+                task_status.started()
+                await plane.finished.wait()  # stop(): drained, closed, every supervisor done
                 nursery.cancel_scope.cancel()  # the local peer, if any
 
     async def _model_connector(self, nursery: trio.Nursery) -> Any:
@@ -266,6 +268,7 @@ def create_app(
     async def stop() -> None:
         await rt.stop()
 
+    # Route functions are async even without an await: Quart runs sync views in a thread.
     @app.get("/healthz")
     async def healthz() -> Response:
         return Response("ok\n", 200)

@@ -109,6 +109,8 @@ class ControlPlane:
         self._idle = trio.Event()
         self._idle.set()
         self._closed = trio.Event()
+        #: Set when :meth:`run` has returned (after :meth:`close`, every supervisor done).
+        self.finished = trio.Event()
         self.draining = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -120,6 +122,7 @@ class ControlPlane:
             task_status.started()
             await self._closed.wait()
         self._nursery = None
+        self.finished.set()
 
     def close(self) -> None:
         self.draining = True
@@ -128,6 +131,10 @@ class ControlPlane:
     @property
     def ready(self) -> bool:
         return self._nursery is not None and not self.draining and len(self.calls) < self._max_calls
+
+    async def wait_idle(self) -> None:
+        """Return when no call is registered (every call's tasks have ended)."""
+        await self._idle.wait()
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new calls, give live ones ``grace_s``, then end them (SHUTDOWN) and hang up."""

@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 import jwt
+import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 ISSUER = "https://acscallautomation.communication.azure.com"
@@ -82,6 +83,7 @@ class FakeAcsService:
         self.hang_ups: list[str] = []
         self.answer_status = 200
         self.answer_gate: Any = None  # a trio.Event the answer waits on, if set
+        self.answer_seen = trio.Event()
 
     @property
     def transport(self) -> Any:
@@ -100,6 +102,7 @@ class FakeAcsService:
         if path == "/calling/callConnections:answer":
             body = json.loads(request.content)
             self.answers.append(body)
+            self.answer_seen.set()
             if self.answer_gate is not None:
                 await self.answer_gate.wait()
             if self.answer_status != 200:
