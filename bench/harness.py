@@ -1,0 +1,80 @@
+"""Bring up the whole bench: local CA, fake ACS REST + JWKS, fake model, the server process, calls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from acs_trio.simulator.tls import make_tls_files
+from acs_trio.simulator.tokens import TokenSigner
+from caller import Generator
+from fake_acs import FakeAcs
+from fake_model import ModelPeer
+from metrics import Sink
+from server_proc import ServerProcess
+
+
+@dataclass
+class Bench:
+    sink: Sink
+    gen: Generator
+    peer: ModelPeer
+    acs: FakeAcs
+    server: ServerProcess
+
+
+def pin_to_core(core: int) -> None:
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {core})
+
+
+@contextlib.asynccontextmanager
+async def open_bench(
+    out_dir: Path,
+    *,
+    server_core: int = 0,
+    script_kw: dict[str, int] | None = None,
+    delta_ms: int = 100,
+    server_env: dict[str, str] | None = None,
+) -> AsyncIterator[Bench]:
+    sink = Sink()
+    tls = make_tls_files(out_dir / "tls")
+    resource_id = str(uuid.uuid4())
+    signer = TokenSigner(audience=resource_id)
+    placeholder = Generator(sink, signer, "http://unset")
+    acs = FakeAcs(sink, signer, placeholder.by_context, placeholder.by_connection)
+    acs_port = await acs.start(str(tls.cert_pem), str(tls.key_pem))
+    peer = ModelPeer(sink, placeholder.calls, delta_ms=delta_ms)
+    model_port = await peer.start()
+    access_key = base64.b64encode(secrets.token_bytes(32)).decode()
+    env = {
+        "ACS_CONNECTION_STRING": f"endpoint=https://127.0.0.1:{acs_port}/;accesskey={access_key}",
+        "ACS_RESOURCE_ID": resource_id,
+        "ACS_JWKS_URL": f"https://127.0.0.1:{acs_port}/calling/keys",
+        "SSL_CERT_FILE": str(tls.ca_pem),
+        "REALTIME_URL": f"ws://127.0.0.1:{model_port}/v1/realtime",
+        "MAX_CONCURRENT_CALLS": "100000",
+        "LOG_LEVEL": os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
+        **(server_env or {}),
+    }
+    server = ServerProcess(env, out_dir, core=server_core)
+    await server.start()
+    gen = Generator(sink, signer, server.url, script_kw=script_kw)
+    # Share the registries the fake endpoints were given.
+    gen.calls, gen.by_context, gen.by_connection = placeholder.calls, placeholder.by_context, placeholder.by_connection
+    try:
+        async with gen:
+            yield Bench(sink, gen, peer, acs, server)
+    finally:
+        server.stop()
+        await acs.stop()
+        if peer.server is not None:
+            peer.server.close()
+        await asyncio.sleep(0)

@@ -1,0 +1,106 @@
+"""The server under test as its own process, pinned to one core, and what /proc says about it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ProcSample:
+    t: float  # time.monotonic()
+    cpu_s: float  # utime + stime
+    rss_kb: int
+    fds: int
+
+
+def proc_sample(pid: int) -> ProcSample:
+    t = time.monotonic()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (proc(5) fields 14, 15)
+    rss = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+                break
+    return ProcSample(t, cpu, rss, len(os.listdir(f"/proc/{pid}/fd")))
+
+
+def self_cpu_s() -> float:
+    return time.process_time()
+
+
+class ServerProcess:
+    """``taskset -c <core> python -m acs_trio serve --host 127.0.0.1 --port P`` with the bench env."""
+
+    def __init__(self, env: dict[str, str], out_dir: Path, *, core: int = 0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **env, "PUBLIC_BASE_URL": self.url}
+        self.log_path = out_dir / "server.log"
+        self.core = core
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid  # taskset execs python: same pid
+
+    async def start(self, timeout_s: float = 30) -> None:
+        log = self.log_path.open("wb")
+        cmd = ["taskset", "-c", str(self.core), sys.executable, "-m", "acs_trio", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+                try:
+                    async with http.get(f"{self.url}/readyz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server not ready in {timeout_s}s; see {self.log_path}")
+                await asyncio.sleep(0.1)  # an external process: polling is the only readiness signal
+
+    def sample(self) -> ProcSample:
+        return proc_sample(self.pid)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_lines(self) -> int:
+        try:
+            return sum(1 for _ in self.log_path.open("rb"))
+        except OSError:
+            return 0
