@@ -30,11 +30,15 @@ _DELTA = struct.Struct("<IIIIq")
 
 
 def caller_marker_b64(call_id: int, seq: int, t_ns: int) -> str:
-    return binascii.b2a_base64(_CALLER.pack(CALLER_MAGIC, call_id, seq, t_ns, 0), newline=False).decode()
+    return binascii.b2a_base64(
+        _CALLER.pack(CALLER_MAGIC, call_id, seq, t_ns, 0), newline=False
+    ).decode()
 
 
 def delta_marker_b64(call_id: int, resp: int, delta: int, t_ns: int) -> str:
-    return binascii.b2a_base64(_DELTA.pack(DELTA_MAGIC, call_id, resp, delta, t_ns), newline=False).decode()
+    return binascii.b2a_base64(
+        _DELTA.pack(DELTA_MAGIC, call_id, resp, delta, t_ns), newline=False
+    ).decode()
 
 
 def read_caller_marker(b64: bytes | str) -> tuple[int, int, int] | None:

@@ -25,11 +25,24 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from bwire import (
+    FRAME_BYTES,
+    MARK_BYTES,
+    Script,
+    build_script,
+    caller_marker_b64,
+    noise_tail_b64,
+    read_delta_marker,
+)
+from metrics import Sink, now_ns
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from acs_trio.simulator.wire import audio_metadata, cloud_event, incoming_call_event, phone_identifier
-from bwire import FRAME_BYTES, MARK_BYTES, Script, build_script, caller_marker_b64, noise_tail_b64, read_delta_marker
-from metrics import Sink, now_ns
+from acs_trio.simulator.wire import (
+    audio_metadata,
+    cloud_event,
+    incoming_call_event,
+    phone_identifier,
+)
 
 if TYPE_CHECKING:
     from fake_model import ModelSocket
@@ -43,7 +56,9 @@ _SILENCE_TAIL = "A" * len(_SPEECH_TAIL)  # base64 of zero bytes
 class Generator:
     """Everything the calls share: HTTP session, JWT signer, frame clock, registries, the sink."""
 
-    def __init__(self, sink: Sink, signer: Any, server_url: str, *, script_kw: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, sink: Sink, signer: Any, server_url: str, *, script_kw: dict[str, int] | None = None
+    ) -> None:
         self.sink = sink
         self.signer = signer
         self.server_url = server_url.rstrip("/")
@@ -56,7 +71,9 @@ class Generator:
         self.http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Generator:
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=15))
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=15)
+        )
         self.clock.start()
         return self
 
@@ -176,13 +193,19 @@ class Call:
             }
             try:
                 self.ws, _ = await ws_connect(
-                    lambda: MediaSocket(self), self.transport_url, extra_headers=headers, websocket_handshake_timeout=10
+                    lambda: MediaSocket(self),
+                    self.transport_url,
+                    extra_headers=headers,
+                    websocket_handshake_timeout=10,
                 )
             except (WSError, OSError, TimeoutError) as exc:
                 self.fail(f"media_connect_failed:{type(exc).__name__}")
                 return False
             sink.setup.add(now_ns(), (now_ns() - started) / 1e6)
-            self.ws.send(WSMsgType.TEXT, audio_metadata(subscription_id=self.subscription_id, sample_rate=24000).encode())
+            self.ws.send(
+                WSMsgType.TEXT,
+                audio_metadata(subscription_id=self.subscription_id, sample_rate=24000).encode(),
+            )
             gen.clock.add(self)
             await self._finished.wait()
             if self.failed is None:
@@ -246,7 +269,9 @@ class Call:
         )
         try:
             async with self.gen.http.post(
-                f"{self.gen.server_url}/api/incomingCall", json=body, headers={"aeg-event-type": "Notification"}
+                f"{self.gen.server_url}/api/incomingCall",
+                json=body,
+                headers={"aeg-event-type": "Notification"},
             ) as response:
                 await response.read()
                 if response.status != 200:
@@ -269,7 +294,9 @@ class Call:
         )
         headers = {"Authorization": f"Bearer {self.gen.signer.sign(300)}"}
         try:
-            async with self.gen.http.post(self.callback_uri, json=[event], headers=headers) as response:
+            async with self.gen.http.post(
+                self.callback_uri, json=[event], headers=headers
+            ) as response:
                 await response.read()
                 if response.status != 200:
                     self.sink.events.add(f"callback_{name}_http_{response.status}")

@@ -14,7 +14,6 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-
 from metrics import Sink, now_ns
 
 if TYPE_CHECKING:
@@ -22,7 +21,9 @@ if TYPE_CHECKING:
 
 
 class FakeAcs:
-    def __init__(self, sink: Sink, signer: Any, by_context: dict[str, Call], by_connection: dict[str, Call]) -> None:
+    def __init__(
+        self, sink: Sink, signer: Any, by_context: dict[str, Call], by_connection: dict[str, Call]
+    ) -> None:
         self.sink = sink
         self.signer = signer
         self.by_context = by_context
@@ -75,7 +76,11 @@ class FakeAcs:
             "source": call.caller_identifier,
             "correlationId": call.correlation_id,
             "answeredFor": {"value": "+18005550100"},
-            "mediaStreamingSubscription": {"id": call.subscription_id, "state": "inactive", "subscribedContentTypes": ["audio"]},
+            "mediaStreamingSubscription": {
+                "id": call.subscription_id,
+                "state": "inactive",
+                "subscribedContentTypes": ["audio"],
+            },
         }
         return web.json_response(props)
 

@@ -17,6 +17,8 @@ frame of each ``input_audio_buffer.append`` batch, to its arrival here) and the 
 moment the server's close frame arrives, per call).
 """
 
+# JSON templates use %-formatting: f-strings would need every brace doubled.
+# ruff: noqa: UP031
 from __future__ import annotations
 
 import asyncio
@@ -24,10 +26,16 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
-
-from bwire import FRAME_B64, FRAME_BYTES, MARK_BYTES, delta_marker_b64, noise_tail_b64, read_caller_marker
+from bwire import (
+    FRAME_B64,
+    FRAME_BYTES,
+    MARK_BYTES,
+    delta_marker_b64,
+    noise_tail_b64,
+    read_caller_marker,
+)
 from metrics import Sink, now_ns
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 
 if TYPE_CHECKING:
     from caller import Call
@@ -38,7 +46,9 @@ _APPEND = b"input_audio_buffer.append"
 class ModelPeer:
     """The server side of every model socket; ``calls`` maps call id → :class:`caller.Call`."""
 
-    def __init__(self, sink: Sink, calls: dict[int, Call], *, delta_ms: int = 100, speedup: float = 4.0) -> None:
+    def __init__(
+        self, sink: Sink, calls: dict[int, Call], *, delta_ms: int = 100, speedup: float = 4.0
+    ) -> None:
         self.sink = sink
         self.calls = calls
         self.delta_ms = delta_ms
@@ -51,7 +61,9 @@ class ModelPeer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.server = await ws_create_server(
-            lambda request: ModelSocket(self) if _path(request).startswith("/v1/realtime") else None,
+            lambda request: (
+                ModelSocket(self) if _path(request).startswith("/v1/realtime") else None
+            ),
             host,
             port,
             websocket_handshake_timeout=10,
@@ -65,7 +77,7 @@ def _path(request: Any) -> str:
 
 
 class Response:
-    __slots__ = ("number", "frames_left", "delta_no", "timer", "rid", "item")
+    __slots__ = ("delta_no", "frames_left", "item", "number", "rid", "timer")
 
     def __init__(self, number: int, frames: int) -> None:
         self.number = number
@@ -103,7 +115,8 @@ class ModelSocket(WSListener):
         self.peer.open_sockets += 1
         self.send(
             '{"type": "session.created", "event_id": "%s", "session": {"type": "realtime", '
-            '"object": "realtime.session", "id": "sess_bench", "model": "gpt-realtime"}}' % self.event_id()
+            '"object": "realtime.session", "id": "sess_bench", "model": "gpt-realtime"}}'
+            % self.event_id()
         )
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
@@ -202,7 +215,8 @@ class ModelSocket(WSListener):
         self.send(
             '{"type": "conversation.item.added", "event_id": "%s", "previous_item_id": null, "item": '
             '{"id": "item_u%d", "object": "realtime.item", "type": "message", "status": "completed", '
-            '"role": "user", "content": [{"type": "input_audio", "transcript": null}]}}' % (self.event_id(), turn)
+            '"role": "user", "content": [{"type": "input_audio", "transcript": null}]}}'
+            % (self.event_id(), turn)
         )
         assert self.call is not None
         self.start_response(self.call.script.answer_frames, stopped_ns=t)
@@ -249,8 +263,13 @@ class ModelSocket(WSListener):
         self.send(
             '{"type": "response.output_audio.delta", "event_id": "%s", "response_id": "%s", "item_id": "%s", '
             '"output_index": 0, "content_index": 0, "delta": "%s%s"}'
-            % (self.event_id(), response.rid, response.item,
-               delta_marker_b64(self.call.call_id, response.number, response.delta_no, t), tail)
+            % (
+                self.event_id(),
+                response.rid,
+                response.item,
+                delta_marker_b64(self.call.call_id, response.number, response.delta_no, t),
+                tail,
+            )
         )
         self.send(
             '{"type": "response.output_audio_transcript.delta", "event_id": "%s", "response_id": "%s", '
@@ -268,14 +287,18 @@ class ModelSocket(WSListener):
     def finish_response(self, response: Response) -> None:
         rid, item = response.rid, response.item
         ids = '"response_id": "%s", "item_id": "%s", "output_index": 0' % (rid, item)
-        self.send('{"type": "response.output_audio.done", "event_id": "%s", %s, "content_index": 0}' % (self.event_id(), ids))
+        self.send(
+            '{"type": "response.output_audio.done", "event_id": "%s", %s, "content_index": 0}'
+            % (self.event_id(), ids)
+        )
         self.send(
             '{"type": "response.output_audio_transcript.done", "event_id": "%s", %s, "content_index": 0, '
             '"transcript": "words words words"}' % (self.event_id(), ids)
         )
         self.send(
             '{"type": "response.content_part.done", "event_id": "%s", %s, "content_index": 0, '
-            '"part": {"type": "output_audio", "transcript": "words words words"}}' % (self.event_id(), ids)
+            '"part": {"type": "output_audio", "transcript": "words words words"}}'
+            % (self.event_id(), ids)
         )
         item_json = (
             '{"id": "%s", "object": "realtime.item", "type": "message", "status": "completed", "role": "assistant", '
@@ -318,7 +341,9 @@ class ModelSocket(WSListener):
 
     def on_session_update(self, event: dict[str, Any]) -> None:
         session = dict(event.get("session") or {})
-        self.send(json.dumps({"type": "session.updated", "event_id": self.event_id(), "session": session}))
+        self.send(
+            json.dumps({"type": "session.updated", "event_id": self.event_id(), "session": session})
+        )
 
     def on_response_create(self, event: dict[str, Any]) -> None:
         if self.call is None:

@@ -12,13 +12,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from acs_trio.simulator.tls import make_tls_files
-from acs_trio.simulator.tokens import TokenSigner
 from caller import Generator
 from fake_acs import FakeAcs
 from fake_model import ModelPeer
 from metrics import Sink
 from server_proc import ServerProcess
+
+from acs_trio.simulator.tls import make_tls_files
+from acs_trio.simulator.tokens import TokenSigner
 
 
 @dataclass
@@ -68,7 +69,11 @@ async def open_bench(
     await server.start()
     gen = Generator(sink, signer, server.url, script_kw=script_kw)
     # Share the registries the fake endpoints were given.
-    gen.calls, gen.by_context, gen.by_connection = placeholder.calls, placeholder.by_context, placeholder.by_connection
+    gen.calls, gen.by_context, gen.by_connection = (
+        placeholder.calls,
+        placeholder.by_context,
+        placeholder.by_connection,
+    )
     try:
         async with gen:
             yield Bench(sink, gen, peer, acs, server)

@@ -12,20 +12,30 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from harness import open_bench
 from metrics import summary
 from report import write_json
 
-SHORT_SCRIPT = {"greeting": 25, "speech": 25, "silence": 15, "answer": 25, "gap": 10, "barge_after": 10}
+SHORT_SCRIPT = {
+    "greeting": 25,
+    "speech": 25,
+    "silence": 15,
+    "answer": 25,
+    "gap": 10,
+    "barge_after": 10,
+}
 
 
 async def leak_main(args: argparse.Namespace) -> int:
     total = args.calls or 2000
     concurrency = args.concurrency
     call_s = args.call_s or 3.5
-    checkpoints = sorted({c for c in (100, total // 4, total // 2, 3 * total // 4, total) if 0 < c <= total})
+    checkpoints = sorted(
+        {c for c in (100, total // 4, total // 2, 3 * total // 4, total) if 0 < c <= total}
+    )
     started = time.time()
     rows: list[dict[str, Any]] = []
     async with open_bench(args.out, script_kw=SHORT_SCRIPT) as bench:
@@ -39,13 +49,13 @@ async def leak_main(args: argparse.Namespace) -> int:
         for checkpoint in checkpoints:
             queue = iter(range(checkpoint - done))
 
-            async def worker() -> int:
+            async def worker(queue: Iterator[int]) -> int:
                 good = 0
                 for _ in queue:
                     good += await bench.gen.new_call(call_s).run()
                 return good
 
-            results = await asyncio.gather(*(worker() for _ in range(concurrency)))
+            results = await asyncio.gather(*(worker(queue) for _ in range(concurrency)))
             ok += sum(results)
             done = checkpoint
             await asyncio.sleep(2)
@@ -71,7 +81,12 @@ async def leak_main(args: argparse.Namespace) -> int:
     result = {
         "tag": args.tag,
         "command": " ".join(["python", "bench/load.py", *sys.argv[1:]]),
-        "settings": {"calls": total, "concurrency": concurrency, "call_s": call_s, "script": SHORT_SCRIPT},
+        "settings": {
+            "calls": total,
+            "concurrency": concurrency,
+            "call_s": call_s,
+            "script": SHORT_SCRIPT,
+        },
         "duration_s": round(time.time() - started, 1),
         "idle": {"rss_kb": idle.rss_kb, "fds": idle.fds},
         "checkpoints": rows,
@@ -84,7 +99,11 @@ async def leak_main(args: argparse.Namespace) -> int:
         "barge_in_ms": summary(sorted(sink.barge.v)),
         "server_log_lines": log_lines,
     }
-    path = write_json(args.out / f"leak-{time.strftime('%Y%m%d-%H%M%S')}{'-' + args.tag if args.tag else ''}.json", result)
+    path = write_json(
+        args.out
+        / f"leak-{time.strftime('%Y%m%d-%H%M%S')}{'-' + args.tag if args.tag else ''}.json",
+        result,
+    )
     print(
         f"{total} calls ({concurrency} at once, {call_s:g} s each) in {result['duration_s']} s: {ok} ok, failures {failures}; "
         f"RSS {first['rss_kb']} → {last['rss_kb']} KB ({rss_growth:+.1f} %), fds {first['fds']} → {last['fds']}, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import random
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 
 from harness import Bench, open_bench
 from metrics import now_ns, summary
-from report import LevelRow, print_table, write_plot, write_json
+from report import LevelRow, print_table, write_json, write_plot
 from server_proc import self_cpu_s
 
 TARGET_P99_MS = 5.0
@@ -29,7 +28,14 @@ async def smoke_main(args: argparse.Namespace) -> int:
         for name in ("setup", "hop_in", "hop_out", "ttfa", "barge", "teardown"):
             series = getattr(sink, name)
             print(f"{name:9s}", summary(sorted(series.v)))
-        print("results", results, "failures", sink.failures.window(0, 2**62), "events", sink.events.window(0, 2**62))
+        print(
+            "results",
+            results,
+            "failures",
+            sink.failures.window(0, 2**62),
+            "events",
+            sink.events.window(0, 2**62),
+        )
         print("server log lines", bench.server.log_lines())
     return 0 if all(results) else 1
 
@@ -99,8 +105,14 @@ def machine_info() -> dict[str, Any]:
         "wsproto": version("wsproto"),
         "picows": version("picows"),
         "uvloop": version("uvloop"),
-        "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
-        "git_dirty": bool(subprocess.run(["git", "status", "--porcelain", "acs_trio"], capture_output=True, text=True).stdout.strip()),
+        "git": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "git_dirty": bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "acs_trio"], capture_output=True, text=True
+            ).stdout.strip()
+        ),
     }
 
 
@@ -136,7 +148,9 @@ def level_row(bench: Bench, n: int, a: Snapshot, b: Snapshot, idle_rss_kb: int) 
 
 def saturated(row: LevelRow) -> bool:
     p99s = [h["p99"] for h in (row.hop_in, row.hop_out) if h["p99"] is not None]
-    return row.cpu_pct > 97 or row.failed_calls > max(2, row.calls // 20) or any(p > 200 for p in p99s)
+    return (
+        row.cpu_pct > 97 or row.failed_calls > max(2, row.calls // 20) or any(p > 200 for p in p99s)
+    )
 
 
 async def run_main(args: argparse.Namespace) -> int:
@@ -157,8 +171,13 @@ async def run_main(args: argparse.Namespace) -> int:
         idle_cpu_a = idle
         await asyncio.sleep(3)
         idle_b = snapshot(bench)
-        idle_cpu_pct = 100 * (idle_b.cpu_s - idle_cpu_a.cpu_s) / ((idle_b.t_ns - idle_cpu_a.t_ns) / 1e9)
-        print(f"idle server: RSS {idle.rss_kb} KB, {idle.fds} fds, CPU {idle_cpu_pct:.1f} %", flush=True)
+        idle_cpu_pct = (
+            100 * (idle_b.cpu_s - idle_cpu_a.cpu_s) / ((idle_b.t_ns - idle_cpu_a.t_ns) / 1e9)
+        )
+        print(
+            f"idle server: RSS {idle.rss_kb} KB, {idle.fds} fds, CPU {idle_cpu_pct:.1f} %",
+            flush=True,
+        )
         slots = Slots(bench, call_s)
         timeline: list[dict[str, Any]] = []
         for n in levels:
@@ -171,7 +190,13 @@ async def run_main(args: argparse.Namespace) -> int:
             b = snapshot(bench)
             row = level_row(bench, n, a, b, idle.rss_kb)
             rows.append(row)
-            timeline.append({"calls": n, "live_calls_at_end": len(bench.gen.calls), "model_sockets": bench.peer.open_sockets})
+            timeline.append(
+                {
+                    "calls": n,
+                    "live_calls_at_end": len(bench.gen.calls),
+                    "model_sockets": bench.peer.open_sockets,
+                }
+            )
             print_table([row], header=len(rows) == 1)
             if saturated(row) and not args.keep_going:
                 print(f"saturated at {n} calls: stopping the ramp", flush=True)
@@ -192,20 +217,38 @@ async def run_main(args: argparse.Namespace) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
         "machine": machine_info(),
-        "settings": {"levels": levels, "hold_s": hold, "settle_s": settle, "call_s": call_s, "ramp_rate": args.ramp_rate},
+        "settings": {
+            "levels": levels,
+            "hold_s": hold,
+            "settle_s": settle,
+            "call_s": call_s,
+            "ramp_rate": args.ramp_rate,
+        },
         "idle": {"rss_kb": idle.rss_kb, "fds": idle.fds, "cpu_pct": idle_cpu_pct},
         "levels": [r.as_dict() for r in rows],
         "largest_n_p99_under_5ms_no_failures": max((r.calls for r in held), default=None),
         "final_hang_up_burst": {"calls": live, "teardown_ms": burst},
-        "after_all_hung_up": {"rss_kb": after.rss_kb, "fds": after.fds, "model_sockets_open": open_model},
+        "after_all_hung_up": {
+            "rss_kb": after.rss_kb,
+            "fds": after.fds,
+            "model_sockets_open": open_model,
+        },
         "server_log_lines": log_lines,
         "timeline": timeline,
     }
     stem = f"load-{time.strftime('%Y%m%d-%H%M%S')}{'-' + args.tag if args.tag else ''}"
     json_path = write_json(args.out / f"{stem}.json", result)
-    png = write_plot(args.out / f"{stem}.png", rows, title=f"acs_trio on one core ({result['machine']['cpu_model']})")
-    print(f"largest N with p99 < {TARGET_P99_MS:g} ms per hop and no failed call: {result['largest_n_p99_under_5ms_no_failures']}")
+    png = write_plot(
+        args.out / f"{stem}.png",
+        rows,
+        title=f"acs_trio on one core ({result['machine']['cpu_model']})",
+    )
+    print(
+        f"largest N with p99 < {TARGET_P99_MS:g} ms per hop and no failed call: {result['largest_n_p99_under_5ms_no_failures']}"
+    )
     print(f"hang-up burst of {live} calls: teardown {burst}")
-    print(f"after all hung up: RSS {after.rss_kb} KB, {after.fds} fds, model sockets open {open_model}; server log lines {log_lines}")
+    print(
+        f"after all hung up: RSS {after.rss_kb} KB, {after.fds} fds, model sockets open {open_model}; server log lines {log_lines}"
+    )
     print(f"wrote {json_path} and {png}")
     return 0

@@ -13,7 +13,6 @@ the results.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -21,25 +20,42 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import uvloop  # noqa: E402
-
 from harness import pin_to_core  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/load.py", description=__doc__.split("\n")[0])
-    parser.add_argument("mode", nargs="?", default="run", choices=["run", "leak", "profile", "smoke"])
-    parser.add_argument("--quick", action="store_true", help="about one minute: levels 1,5,10, short windows")
-    parser.add_argument("--levels", default="1,10,25,50,100,150,200,250,300", help="concurrent calls per step (run)")
-    parser.add_argument("--hold", type=float, default=25.0, help="measurement window per level, s (run)")
-    parser.add_argument("--settle", type=float, default=5.0, help="wait after reaching a level, s (run)")
-    parser.add_argument("--ramp-rate", type=float, default=10.0, help="new calls per second while ramping")
-    parser.add_argument("--call-s", type=float, default=None, help="call length, s (run: 30, leak: 3.5)")
-    parser.add_argument("--calls", type=int, default=None, help="leak: total calls; profile: concurrent calls")
+    parser.add_argument(
+        "mode", nargs="?", default="run", choices=["run", "leak", "profile", "smoke"]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="about one minute: levels 1,5,10, short windows"
+    )
+    parser.add_argument(
+        "--levels", default="1,10,25,50,100,150,200,250,300", help="concurrent calls per step (run)"
+    )
+    parser.add_argument(
+        "--hold", type=float, default=25.0, help="measurement window per level, s (run)"
+    )
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="wait after reaching a level, s (run)"
+    )
+    parser.add_argument(
+        "--ramp-rate", type=float, default=10.0, help="new calls per second while ramping"
+    )
+    parser.add_argument(
+        "--call-s", type=float, default=None, help="call length, s (run: 30, leak: 3.5)"
+    )
+    parser.add_argument(
+        "--calls", type=int, default=None, help="leak: total calls; profile: concurrent calls"
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="leak: calls at once")
     parser.add_argument("--seconds", type=float, default=30.0, help="profile: sampling time, s")
     parser.add_argument("--keep-going", action="store_true", help="run: do not stop at saturation")
     parser.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
-    parser.add_argument("--tag", default="", help="label stored in the JSON (e.g. 'before', 'after')")
+    parser.add_argument(
+        "--tag", default="", help="label stored in the JSON (e.g. 'before', 'after')"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pin_to_core(1)

@@ -7,6 +7,7 @@ a time range; nothing has to be reset between levels.
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from array import array
 from collections import Counter
@@ -40,7 +41,7 @@ def pct(sorted_values: list[float], p: float) -> float | None:
     """Nearest-rank percentile of already sorted values (None when empty)."""
     if not sorted_values:
         return None
-    k = max(0, min(len(sorted_values) - 1, int(round(p / 100 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100 * len(sorted_values)) - 1))
     return sorted_values[k]
 
 

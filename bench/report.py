@@ -75,10 +75,15 @@ def write_plot(path: Path, rows: list[LevelRow], *, title: str) -> Path:
 
     n = [r.calls for r in rows]
     fig, (lat, cpu) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
-    for key, label, style in (("hop_in", "ACS frame → model append", "o-"), ("hop_out", "model delta → ACS frame", "s-")):
+    for key, label, style in (
+        ("hop_in", "ACS frame → model append", "o-"),
+        ("hop_out", "model delta → ACS frame", "s-"),
+    ):
         lat.plot(n, [r.__dict__[key]["p50"] for r in rows], style, label=f"{label} p50")
         lat.plot(n, [r.__dict__[key]["p99"] for r in rows], style, alpha=0.5, label=f"{label} p99")
-    lat.plot(n, [r.barge["p99"] for r in rows], "^--", label="barge-in (speech_started → StopAudio) p99")
+    lat.plot(
+        n, [r.barge["p99"] for r in rows], "^--", label="barge-in (speech_started → StopAudio) p99"
+    )
     lat.axhline(5, color="red", linewidth=0.8, linestyle=":", label="5 ms target")
     lat.set_yscale("log")
     lat.set_ylabel("added latency, ms (log)")
@@ -86,7 +91,12 @@ def write_plot(path: Path, rows: list[LevelRow], *, title: str) -> Path:
     lat.grid(True, which="both", alpha=0.3)
     lat.set_title(title, fontsize=10)
     cpu.plot(n, [r.cpu_pct for r in rows], "o-", label="server CPU % (one core)")
-    cpu.plot(n, [r.gen_cpu_pct for r in rows], "x--", label="load generator + fake model CPU % (other core)")
+    cpu.plot(
+        n,
+        [r.gen_cpu_pct for r in rows],
+        "x--",
+        label="load generator + fake model CPU % (other core)",
+    )
     cpu.set_ylabel("CPU %")
     cpu.set_xlabel("concurrent calls")
     cpu.set_ylim(0, 105)

@@ -56,7 +56,7 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PUBLIC_BASE_URL": self.url}
-        self.log_path = out_dir / "server.log"
+        self.log_path = out_dir / f"server-{time.strftime('%Y%m%d-%H%M%S')}.log"
         self.core = core
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -67,13 +67,29 @@ class ServerProcess:
 
     async def start(self, timeout_s: float = 30) -> None:
         log = self.log_path.open("wb")
-        cmd = ["taskset", "-c", str(self.core), sys.executable, "-m", "acs_trio", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        cmd = [
+            "taskset",
+            "-c",
+            str(self.core),
+            sys.executable,
+            "-m",
+            "acs_trio",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting is instant, no wait
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as http:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+                    raise RuntimeError(
+                        f"server exited with {self.proc.returncode}; see {self.log_path}"
+                    )
                 try:
                     async with http.get(f"{self.url}/readyz") as r:
                         if r.status == 200:
@@ -82,7 +98,9 @@ class ServerProcess:
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server not ready in {timeout_s}s; see {self.log_path}")
-                await asyncio.sleep(0.1)  # an external process: polling is the only readiness signal
+                await asyncio.sleep(
+                    0.1
+                )  # an external process: polling is the only readiness signal
 
     def sample(self) -> ProcSample:
         return proc_sample(self.pid)

@@ -68,7 +68,11 @@ def analyse(raw_path: Path, top: int = 25) -> dict[str, object]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [parse_frame(f) for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
+        frames = [
+            parse_frame(f)
+            for f in stack.split(";")
+            if f and not f.startswith("process ") and not f.startswith("thread ")
+        ]
         if not frames:
             continue
         total += count
@@ -116,9 +120,26 @@ async def profile_main(args: argparse.Namespace) -> int:
             await asyncio.sleep(1 / args.ramp_rate)
         await asyncio.sleep(args.settle)
         a = snapshot(bench)
-        cmd = ["taskset", "-c", "1", spy, "record", "-p", str(bench.server.pid), "-d", str(int(args.seconds)),
-               "-r", "200", "-f", "raw", "-o", str(raw)]
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        cmd = [
+            "taskset",
+            "-c",
+            "1",
+            spy,
+            "record",
+            "-p",
+            str(bench.server.pid),
+            "-d",
+            str(int(args.seconds)),
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         _, err = await proc.communicate()
         b = snapshot(bench)
         row = level_row(bench, n, a, b, idle.rss_kb)
@@ -128,11 +149,20 @@ async def profile_main(args: argparse.Namespace) -> int:
         print(f"py-spy failed ({proc.returncode}): {err.decode()[-500:]}")
         return 1
     result = analyse(raw)
-    result.update({"calls": n, "seconds": args.seconds, "raw": str(raw), "command": " ".join(["python", "bench/load.py", *sys.argv[1:]]),
-                   "level": row.as_dict()})
+    result.update(
+        {
+            "calls": n,
+            "seconds": args.seconds,
+            "raw": str(raw),
+            "command": " ".join(["python", "bench/load.py", *sys.argv[1:]]),
+            "level": row.as_dict(),
+        }
+    )
     out = raw.with_suffix(".json")
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"py-spy: {result['samples']} samples while the server held {n} calls (with py-spy attached: CPU {row.cpu_pct:.0f} %)")
+    print(
+        f"py-spy: {result['samples']} samples while the server held {n} calls (with py-spy attached: CPU {row.cpu_pct:.0f} %)"
+    )
     print("self time by library:")
     for name, pct in result["self_by_library_pct"]:  # type: ignore[union-attr]
         print(f"  {pct:5.1f} %  {name}")
