@@ -170,10 +170,16 @@ class _CallBridge:
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.receive_from_acs)
-                    nursery.start_soon(self.playout.run)
+                    nursery.start_soon(self.run_playout)
                     nursery.start_soon(self.watchdog)
             except* Exception as group:
                 self.crashed(group)
+
+    async def run_playout(self) -> None:
+        await self.playout.run()
+        if self.playout.media_closed:
+            self.media_closed_by_peer = True
+            self.end(EndReason.CALLER_HUNG_UP, "media socket closed while sending")
 
     async def receive_from_acs(self) -> None:
         with self.outbox_send:
@@ -215,15 +221,20 @@ class _CallBridge:
         if message is None:
             return
         try:
-            self.outbox_send.send_nowait(message)
-        except trio.WouldBlock:
-            # Policy: caller audio is never dropped or reordered; ACS receive waits (TCP
-            # back-pressure to ACS) and the wait is counted.
-            summary.inbound_waits += 1
-            self.inbound_blocked = True
-            await self.outbox_send.send(message)
-            self.inbound_blocked = False
-            self.last_acs_message = trio.current_time()
+            try:
+                self.outbox_send.send_nowait(message)
+            except trio.WouldBlock:
+                # Policy: caller audio is never dropped or reordered; ACS receive waits (TCP
+                # back-pressure to ACS) and the wait is counted.
+                summary.inbound_waits += 1
+                self.inbound_blocked = True
+                await self.outbox_send.send(message)
+                self.inbound_blocked = False
+                self.last_acs_message = trio.current_time()
+        except trio.BrokenResourceError:
+            # The model side has already stopped: the call is ending (its cancellation is on its
+            # way to this task); the audio has nowhere to go.
+            return
 
     def on_metadata(self, meta: AudioMetadata) -> None:
         try:
@@ -360,11 +371,14 @@ class _CallBridge:
             await ws.send_message(rt.truncate_item(cut.item_id, audio_end_ms))
 
     async def push_frames(self, frames: list[OutboundFrame]) -> None:
-        for frame in frames:
-            try:
-                self.frames_send.send_nowait(frame)
-            except trio.WouldBlock:
-                # Policy: more than outbound_buffer_ms of unplayed agent audio: the model reader
-                # waits (back-pressure to the model socket) and the wait is counted.
-                self.summary.outbound_waits += 1
-                await self.frames_send.send(frame)
+        try:
+            for frame in frames:
+                try:
+                    self.frames_send.send_nowait(frame)
+                except trio.WouldBlock:
+                    # Policy: more than outbound_buffer_ms of unplayed agent audio: the model
+                    # reader waits (back-pressure to the model socket) and the wait is counted.
+                    self.summary.outbound_waits += 1
+                    await self.frames_send.send(frame)
+        except trio.BrokenResourceError:
+            return  # the sender has stopped: the call is ending; nobody would hear it

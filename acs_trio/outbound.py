@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from .acs_media import STOP_AUDIO, encode_audio_data
+from .errors import MediaClosed
 from .lifecycle import CallSummary
 from .media_socket import MediaSocket
 
@@ -73,6 +74,8 @@ class Playout:
         self._greeting_since: float | None = None
         #: trio time of the last frame written; the idle watchdog reads it.
         self.last_write = 0.0
+        #: Set when a write found the ACS socket closed (the caller hung up mid-playout).
+        self.media_closed = False
 
     # --- called from the model task (synchronous: no checkpoint, so no interleaving) ---------
 
@@ -111,7 +114,17 @@ class Playout:
     # --- the task ------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Write frames until the producer closes the channel (or the call is cancelled)."""
+        """Write frames until the producer closes the channel or the ACS socket is closed.
+
+        A closed socket is how a hang-up looks from the sending side; it ends this task quietly
+        (``media_closed`` tells the call why) rather than as a crash.
+        """
+        try:
+            await self._run()
+        except MediaClosed:
+            self.media_closed = True
+
+    async def _run(self) -> None:
         with self._frames:
             while True:
                 if self._stop_since is not None:

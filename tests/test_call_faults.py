@@ -164,3 +164,66 @@ async def test_slow_model_applies_backpressure_and_loses_nothing(
     assert summary.frames_in == 150
     # Stalled well past the media timeout?  No: a wait on our side is not a dead line.
     assert summary.end_reason is EndReason.CALL_DISCONNECTED
+
+
+# --- regressions: hang-up races seen under load by the benchmark ------------------------------
+
+
+@pytest.mark.parametrize("frame", range(5, 10))
+async def test_hang_up_while_agent_audio_is_being_sent_is_not_a_crash(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    frame: int,
+) -> None:
+    call = await start_call(nursery)
+    t0 = trio.current_time()
+    await call.model.speak(1000)
+    # Close exactly when paced frame `frame` is due (20k - 100 ms), racing the sender.
+    await trio.sleep_until(t0 + 0.02 * frame - 0.1)
+    await call.acs.ws.aclose(1000)
+    summary = await call.ended()
+    assert summary.end_reason is EndReason.CALLER_HUNG_UP
+    assert "crashed" not in caplog.text
+
+
+async def test_a_closed_socket_ends_playout_quietly(autojump_clock: trio.testing.MockClock) -> None:
+    from acs_trio.errors import MediaClosed
+    from acs_trio.lifecycle import CallIds, CallSummary
+    from acs_trio.outbound import OutboundFrame, Playout
+
+    class HungUp:
+        async def receive(self) -> str:
+            raise MediaClosed(code=1000)
+
+        async def send(self, message: str) -> None:
+            raise MediaClosed(code=1000)
+
+        async def close(self, code: int, reason: str) -> None:
+            pass
+
+    send, receive = trio.open_memory_channel[OutboundFrame](4)
+    playout = Playout(HungUp(), receive, CallSummary(CallIds("c"), 0.0), lead_ms=100)
+    send.send_nowait(OutboundFrame(1, "item", b"\x00" * 960, 20.0))
+    await playout.run()
+    assert playout.media_closed
+
+
+async def test_audio_after_the_other_side_stopped_is_not_a_crash(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    from acs_trio.acs_media import AudioData
+    from acs_trio.call import _CallBridge
+    from acs_trio.config import AgentSettings
+    from acs_trio.lifecycle import CallHandle, CallIds
+    from acs_trio.outbound import OutboundFrame
+
+    from .fakes import TrioMediaSocket, open_ws_pair
+
+    _, server = await open_ws_pair(nursery)
+    bridge = _CallBridge(TrioMediaSocket(server), CallHandle(CallIds("c")), AgentSettings(), LIMITS)
+    bridge.outbox_recv.close()  # send_to_model has exited
+    for _ in range(3):
+        await bridge.on_caller_audio(AudioData("", None, b"\x00" * 960, False))
+    bridge.playout._frames.close()  # Playout.run has exited
+    await bridge.push_frames([OutboundFrame(1, "item", b"\x00" * 960, 20.0)])
