@@ -66,6 +66,11 @@ DEMO_ENV = {
 }
 
 
+#: The simulator's script with a barge-in 0.8 s into the agent's first answer: the echo starts
+#: with the caller's 300 ms of VAD prefix padding, so this lets ~0.5 s of it be heard first.
+DEMO_CALL = CallOptions(barge_in=True, barge_in_delay_s=0.8)
+
+
 @dataclass
 class DemoResult:
     """Everything the demo produced; ``failure`` is None when the call went as scripted."""
@@ -112,11 +117,11 @@ async def run_demo(
     scratch directory inside ``out_dir``.  Raises only for a broken set-up (``AcsTrioError``,
     ``trio.TooSlowError``); a failed call is reported in the result.
     """
-    await trio.Path(out_dir).mkdir(parents=True, exist_ok=True)
     scratch = out_dir / ".recording"
-    base = options or CallOptions(barge_in=True)
+    base = options or DEMO_CALL
     call_options = CallOptions(**{**_fields(base), "record_dir": scratch})
     load_utterances(wav, call_options)  # a bad WAV fails here, before anything starts
+    await trio.Path(out_dir).mkdir(parents=True, exist_ok=True)
     peer_stats: list[PeerStats] = []
     summaries: list[CallSummary] = []
     summary_seen = trio.Event()
@@ -242,13 +247,25 @@ def report_json(result: DemoResult) -> dict[str, Any]:
         "server": None
         if summary is None
         else {
-            **{k: v for k, v in asdict(summary).items() if k not in {"ids", "end_reason"}},
+            **{k: _rounded(v) for k, v in asdict(summary).items() if k not in _CLOCK_FIELDS},
             "call_id": summary.ids.call_id,
             "correlation_id": summary.ids.correlation_id,
             "end_reason": summary.end_reason.value,
             "duration_s": round(summary.duration_s, 3),
         },
     }
+
+
+#: Summary fields that are raw Trio clock readings or replaced by plainer ones.
+_CLOCK_FIELDS = {"ids", "end_reason", "started_at", "ended_at"}
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 1)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def timeline_image(result: DemoResult, rate: int, stereo: np.ndarray) -> np.ndarray:

@@ -223,12 +223,13 @@ def render_timeline(
         img[y + 18 : y + 20, x0 : x1 + 1] = span.color
         if span.label:
             place(x0, y, span.label, span.color)
-    for mark in marks:
-        xm = x_of(mark.t_s)
+    for mark in marks:  # every line first, so no line crosses a label
         y0 = top if mark.across else top + mark.lane * lane_h
         y1 = top + len(lanes) * lane_h if mark.across else y0 + lane_h
-        img[y0:y1, xm : xm + 2] = mark.color
-        place(xm + 5, y0 + 4, mark.label, mark.color)
+        img[y0:y1, x_of(mark.t_s) : x_of(mark.t_s) + 2] = mark.color
+    for mark in marks:
+        y0 = top if mark.across else top + mark.lane * lane_h
+        place(x_of(mark.t_s) + 5, y0 + 4, mark.label, mark.color)
     axis_y = top + lane_h * len(lanes) + 2
     img[axis_y, left : left + plot_w] = INK
     for t in ticks:
