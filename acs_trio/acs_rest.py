@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import httpx  # the design names httpx (flake8-async ASYNC127 prefers httpx2): this module only
 import trio
 from azure.communication.callautomation import (
     AudioFormat,
@@ -54,6 +53,7 @@ from azure.core.rest import HttpRequest
 from azure.core.rest._http_response_impl_async import AsyncHttpResponseImpl
 
 from .errors import AcsRestError
+from .http import httpx
 
 __all__ = ["AcsRest", "AnsweredCall", "HttpTransport", "HttpxTransport", "open_acs_rest"]
 

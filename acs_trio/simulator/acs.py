@@ -22,12 +22,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from ..errors import ConfigError
+from ..http import httpx
 from .audio import Clip, load_wav, split_at_longest_silence
 from .call import CallContext, CallOptions, run_call
 from .registry import CallRegistry

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
+from ..http import httpx
 from .audio import Clip, write_wav
 from .media import MediaLink, PreparedClip, prepare_clip
 from .registry import CallRegistry, SimCall

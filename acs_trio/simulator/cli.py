@@ -13,10 +13,10 @@ import shlex
 import sys
 from pathlib import Path
 
-import httpx
 import trio
 
 from ..errors import AcsTrioError
+from ..http import httpx
 from .acs import SimulatedAcs, load_utterances, open_simulated_acs
 from .call import CallOptions
 from .report import AggregateReport, render_aggregate, render_call
