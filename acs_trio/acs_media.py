@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import binascii
 import json
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ProtocolError
