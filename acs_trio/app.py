@@ -270,8 +270,14 @@ def create_app(
 
     # Route functions are async even without an await: Quart runs sync views in a thread.
     @app.get("/healthz")
-    async def healthz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
-        return Response("ok\n", 200)
+    async def healthz() -> dict[str, object]:  # noqa: ASYNC124 - Quart runs sync views in threads
+        # Liveness, plus what an operator (and the leak check in bench/) wants to see.
+        plane = rt.plane
+        return {
+            "status": "ok",
+            "calls": 0 if plane is None else len(plane.calls),
+            "draining": False if plane is None else plane.draining,
+        }
 
     @app.get("/readyz")
     async def readyz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads

@@ -438,7 +438,9 @@ async def test_health_and_readiness_follow_the_lifespan(
     acs, calls = FakeAcsService(), StandInCalls()
     app = create_app(settings(), http_transport=acs.transport, run_call=calls.run_call)
     client = app.test_client()
-    assert (await client.get("/healthz")).status_code == 200
+    health = await client.get("/healthz")
+    assert health.status_code == 200
+    assert await health.get_json() == {"status": "ok", "calls": 0, "draining": False}
     assert (await client.get("/readyz")).status_code == 503  # lifespan not running
     async with app.test_app():
         assert (await client.get("/readyz")).status_code == 200
