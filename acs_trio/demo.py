@@ -13,6 +13,7 @@ of its answer was heard.  docs/demo.md explains the output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -38,9 +39,9 @@ from .errors import AcsTrioError
 from .lifecycle import CallSummary
 from .local_peer import PeerStats, serve_local_peer
 from .server import hypercorn_config
-from .simulator import CallOptions, CallReport, TurnReport, open_simulated_acs
+from .simulator import CallOptions, CallReport, open_simulated_acs
 from .simulator.acs import load_utterances
-from .timeline import Lane, Mark, Span, render_timeline, write_png
+from .timeline import call_picture, write_png
 
 __all__ = ["DemoResult", "main", "run_demo"]
 
@@ -79,6 +80,8 @@ class DemoResult:
     report: CallReport
     peer: list[PeerStats]
     summary: CallSummary | None
+    #: The server's VAD_SILENCE_DURATION_MS (the peer's turn ends this long after the speech).
+    vad_silence_duration_ms: int = 500
     failure: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -119,7 +122,7 @@ async def run_demo(
     """
     scratch = out_dir / ".recording"
     base = options or DEMO_CALL
-    call_options = CallOptions(**{**_fields(base), "record_dir": scratch})
+    call_options = dataclasses.replace(base, record_dir=scratch)
     load_utterances(wav, call_options)  # a bad WAV fails here, before anything starts
     await trio.Path(out_dir).mkdir(parents=True, exist_ok=True)
     peer_stats: list[PeerStats] = []
@@ -167,13 +170,10 @@ async def run_demo(
                 server_nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_TIMEOUT_S
             nursery.cancel_scope.cancel()  # the local peer
     result = DemoResult(out_dir, report, peer_stats, summaries[0] if summaries else None)
+    result.vad_silence_duration_ms = settings.agent.vad_silence_duration_ms
     result.failure = _failure(result)
     await trio.to_thread.run_sync(write_outputs, result, scratch)
     return result
-
-
-def _fields(options: CallOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in options.__dataclass_fields__}
 
 
 def _failure(result: DemoResult) -> str | None:
@@ -204,7 +204,8 @@ def write_outputs(result: DemoResult, scratch: Path) -> None:
     if "call.wav" in result.files:
         rate, stereo = read_stereo(result.files["call.wav"])
         png = out / "timeline.png"
-        write_png(png, timeline_image(result, rate, stereo))
+        truncations = [ms for stats in result.peer for _, ms in stats.truncations]
+        write_png(png, call_picture(result.report, truncations, rate, stereo))
         result.files["timeline.png"] = png
 
 
@@ -237,7 +238,7 @@ def peer_json(stats: PeerStats, silence_ms: int) -> dict[str, Any]:
 
 def report_json(result: DemoResult) -> dict[str, Any]:
     summary = result.summary
-    silence_ms = 500  # VAD_SILENCE_DURATION_MS default: the demo does not change it
+    silence_ms = result.vad_silence_duration_ms
     return {
         "ok": result.ok,
         "failure": result.failure,
@@ -268,105 +269,53 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def timeline_image(result: DemoResult, rate: int, stereo: np.ndarray) -> np.ndarray:
-    """The call as a picture: caller and agent lanes, barge-in and truncate marks."""
-    report = result.report
-    caller, agent, stop, cut, note = (
-        (40, 110, 220),
-        (230, 120, 20),
-        (210, 30, 30),
-        (150, 70, 190),
-        (110, 110, 110),
-    )
-    lanes = [
-        Lane("CALLER|(LEFT)", stereo[:, 0], caller),
-        Lane("AGENT|(RIGHT)|AS HEARD", stereo[:, 1], agent),
-    ]
-    marks: list[Mark] = []
-    spans: list[Span] = []
-    if report.greeting_first_audio_s is not None:
-        marks.append(Mark(report.greeting_first_audio_s, "GREETING", 1, note))
-    for turn in report.turns:
-        if turn.first_audio_s is not None and turn.ttfa_ms is not None:
-            marks.append(Mark(turn.first_audio_s, f"TTFA {turn.ttfa_ms:.0f} MS", 1, note))
-        stops = [t for t in report.stop_audio_s if t >= turn.speech_start_s]
-        if turn.barge_in and stops:
-            latency = turn.stop_audio_latency_ms
-            label = "STOPAUDIO" + ("" if latency is None else f" +{latency:.0f} MS")
-            marks.append(Mark(stops[0], label, 0, stop, across=True))
-    truncations = [ms for s in result.peer for _, ms in s.truncations]
-    cut_turn = next((t for t in report.turns if _was_cut(t, report)), None)
-    if cut_turn is not None and cut_turn.first_audio_s is not None and truncations:
-        start = cut_turn.first_audio_s
-        end = start + truncations[0] / 1000
-        spans.append(Span(start, end, "", 1, cut))
-        marks.append(Mark(end, f"TRUNCATE {truncations[0]} MS", 1, cut))
-    legend = [
-        ("CALLER", caller),
-        ("AGENT", agent),
-        ("FIRST AUDIO", note),
-        ("STOPAUDIO", stop),
-        ("TRUNCATE (AUDIO SENT)", cut),
-    ]
-    title = "ACS-TRIO DEMO CALL - AGENT IS THE LOCAL TEST PEER (GREETING + ECHO), NOT A MODEL"
-    return render_timeline(lanes, rate, marks=marks, spans=spans, legend=legend, title=title)
-
-
-def _was_cut(turn: TurnReport, report: CallReport) -> bool:
-    """The answer to ``turn`` was cut if a StopAudio came after its first audio."""
-    return turn.first_audio_s is not None and any(
-        t > turn.first_audio_s for t in report.stop_audio_s
-    )
-
-
 # --- the human summary and the CLI ----------------------------------------------------------------
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
 def summary_text(result: DemoResult) -> str:
+    """What a person wants to know about the call, with where the files are."""
     report, summary = result.report, result.summary
     status = "OK" if result.ok else f"FAILED: {result.failure}"
     lines = [f"acs-trio demo: one offline call, {status}", f"  NOTE: {AGENT_NOTE}"]
     if report.greeting_first_audio_s is not None:
-        lines.append(
-            f"  greeting: first audio {report.greeting_first_audio_s:.2f} s after the media socket opened"
-        )
-    truncations = [ms for s in result.peer for _, ms in s.truncations]
-    for turn in report.turns:
-        ttfa = "—" if turn.ttfa_ms is None else f"{turn.ttfa_ms:.0f} ms"
-        line = f"  turn {turn.utterance}: time to first audio {ttfa}"
+        lines.append(f"  greeting: first audio {report.greeting_first_audio_s:.2f} s after connect")
+    bridge = summary.ttfa_ms if summary and len(summary.ttfa_ms) == len(report.turns) else None
+    for i, turn in enumerate(report.turns):
+        line = f"  turn {turn.utterance}: time to first audio {_ms(turn.ttfa_ms)} after speech end"
+        if bridge is not None:
+            line += f" (server: {_ms(bridge[i])} from the peer's speech_stopped to the first frame)"
         if turn.barge_in:
-            latency = turn.stop_audio_latency_ms
-            line += (
-                f"; barge-in: StopAudio {'—' if latency is None else f'{latency:.0f} ms'} after the "
-                "caller started talking over the agent"
-            )
+            line += f"; barge-in: StopAudio {_ms(turn.stop_audio_latency_ms)} after speech start"
         lines.append(line)
+    truncations = [ms for stats in result.peer for _, ms in stats.truncations]
     if truncations:
         lines.append(
-            f"  truncate: the agent's answer was cut at audio_end_ms={truncations[0]} "
-            f"({report.discarded_audio_ms:.0f} ms of queued agent audio flushed by StopAudio)"
+            f"  truncate: agent answer cut at audio_end_ms={truncations[0]} (audio sent); "
+            f"StopAudio flushed {report.discarded_audio_ms:.0f} ms not yet played"
         )
+    server = (
+        ""
+        if summary is None
+        else f"; server counted in {summary.frames_in}, out {summary.frames_out}"
+    )
     lines.append(
-        f"  frames: {report.frames_sent} caller frames sent by ACS, "
-        f"{report.frames_received} agent AudioData received"
-        + (
-            ""
-            if summary is None
-            else f" (server: in {summary.frames_in}, out {summary.frames_out})"
-        )
+        f"  frames: caller→server {report.frames_sent}, agent→caller {report.frames_received}{server}"
     )
     ended = f"  ended: hung up by {report.hung_up_by or '-'} (close code {report.close_code})"
     if summary is not None:
         ended += f"; server end reason {summary.end_reason.value}"
     lines.append(ended)
     lines.extend(f"  deviation: {text} (x{n})" for text, n in report.deviations.items())
-    lines.append("  files:")
-    descriptions = {
-        "call.wav": "stereo recording: caller left, agent right (as heard)",
-        "report.json": "simulator report + what the peer saw + the server's call summary",
+    what = {
+        "call.wav": "stereo: caller left, agent right (as heard)",
+        "report.json": "simulator report, what the peer saw, the server's call summary",
         "timeline.png": "picture of the call",
     }
-    lines.extend(f"    {path}  {descriptions[name]}" for name, path in result.files.items())
+    lines.extend(f"  {path}  {what[name]}" for name, path in result.files.items())
     return "\n".join(lines)
 
 

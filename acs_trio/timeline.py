@@ -13,14 +13,19 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .simulator.report import CallReport, TurnReport
 
 __all__ = [
     "FONT",
     "Lane",
     "Mark",
     "Span",
+    "call_picture",
     "draw_text",
     "encode_png",
     "render_timeline",
@@ -239,3 +244,59 @@ def render_timeline(
         draw_text(img, xt - text_width(label, 2) // 2, axis_y + 10, label, INK, 2)
     draw_text(img, 10, axis_y + 10, "TIME (S)", INK, 2)
     return img
+
+
+def call_picture(
+    report: CallReport, truncations: Sequence[int], rate: int, stereo: np.ndarray
+) -> Image:
+    """One simulated call as a picture (the demo's ``timeline.png``).
+
+    ``stereo`` is the simulator's recording (caller left, agent right as heard); its times and
+    the report's ``*_s`` share one origin, the media socket opening.  ``truncations`` are the
+    ``audio_end_ms`` the server sent, drawn from the start of the answer they cut.
+    """
+    caller, agent, stop, cut, note = (
+        (40, 110, 220),
+        (230, 120, 20),
+        (210, 30, 30),
+        (150, 70, 190),
+        (110, 110, 110),
+    )
+    lanes = [
+        Lane("CALLER|(LEFT)", stereo[:, 0], caller),
+        Lane("AGENT|(RIGHT)|AS HEARD", stereo[:, 1], agent),
+    ]
+    marks: list[Mark] = []
+    spans: list[Span] = []
+    if report.greeting_first_audio_s is not None:
+        marks.append(Mark(report.greeting_first_audio_s, "GREETING", 1, note))
+    for turn in report.turns:
+        if turn.first_audio_s is not None and turn.ttfa_ms is not None:
+            marks.append(Mark(turn.first_audio_s, f"TTFA {turn.ttfa_ms:.0f} MS", 1, note))
+        stops = [t for t in report.stop_audio_s if t >= turn.speech_start_s]
+        if turn.barge_in and stops:
+            latency = turn.stop_audio_latency_ms
+            label = "STOPAUDIO" + ("" if latency is None else f" +{latency:.0f} MS")
+            marks.append(Mark(stops[0], label, 0, stop, across=True))
+    cut_turn = next((t for t in report.turns if _was_cut(t, report)), None)
+    if cut_turn is not None and cut_turn.first_audio_s is not None and truncations:
+        start = cut_turn.first_audio_s
+        end = start + truncations[0] / 1000
+        spans.append(Span(start, end, "", 1, cut))
+        marks.append(Mark(end, f"TRUNCATE {truncations[0]} MS", 1, cut))
+    legend = [
+        ("CALLER", caller),
+        ("AGENT", agent),
+        ("FIRST AUDIO", note),
+        ("STOPAUDIO", stop),
+        ("TRUNCATE (AUDIO SENT)", cut),
+    ]
+    title = "ACS-TRIO DEMO CALL - AGENT IS THE LOCAL TEST PEER (GREETING + ECHO), NOT A MODEL"
+    return render_timeline(lanes, rate, marks=marks, spans=spans, legend=legend, title=title)
+
+
+def _was_cut(turn: TurnReport, report: CallReport) -> bool:
+    """The answer to ``turn`` was cut if a StopAudio came after its first audio."""
+    return turn.first_audio_s is not None and any(
+        t > turn.first_audio_s for t in report.stop_audio_s
+    )
