@@ -16,7 +16,10 @@ This task then writes ``StopAudio`` before anything else.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import trio
 
@@ -26,6 +29,8 @@ from .lifecycle import CallSummary
 from .media_socket import MediaSocket
 
 __all__ = ["Interruption", "OutboundFrame", "Playout"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,25 +135,44 @@ class Playout:
                 if self._stop_since is not None:
                     await self._write_stop_audio()
                     continue
-                frame: OutboundFrame | None = None
-                with trio.CancelScope() as self._wait_scope:
-                    try:
-                        frame = await self._frames.receive()
-                    except trio.EndOfChannel:
-                        return
-                self._wait_scope = None
+                # Hot path (performance-notes.md: cost follows scheduler round-trips): a queued
+                # frame is taken without a wait, and only an early frame sleeps.  Every path
+                # that writes checkpoints in media.send().
+                try:
+                    frame = await self._next_frame()
+                except trio.EndOfChannel:
+                    return
                 if frame is None:  # woken by interrupt()
                     continue
                 if frame.response_seq <= self._cut_through_seq:
                     self._summary.frames_dropped_barge_in += 1
                     continue
-                with trio.CancelScope() as self._wait_scope:
-                    await trio.sleep_until(self._playout_end - self._lead_s)
-                self._wait_scope = None
-                if frame.response_seq <= self._cut_through_seq:  # cut while we waited
-                    self._summary.frames_dropped_barge_in += 1
-                    continue
+                due = self._playout_end - self._lead_s
+                if due > trio.current_time():
+                    await self._wait(partial(trio.sleep_until, due))
+                    if frame.response_seq <= self._cut_through_seq:  # cut while we waited
+                        self._summary.frames_dropped_barge_in += 1
+                        continue
                 await self._write_frame(frame)
+
+    async def _next_frame(self) -> OutboundFrame | None:
+        try:
+            return self._frames.receive_nowait()
+        except trio.WouldBlock:
+            return await self._wait(self._frames.receive)
+
+    async def _wait(self, wait: Callable[[], Awaitable[T]]) -> T | None:
+        """Await ``wait()`` in a scope that :meth:`interrupt` cancels; None if it did.
+
+        Raises:
+            trio.EndOfChannel: from ``receive`` when the producer is gone (ends :meth:`run`).
+        """
+        with trio.CancelScope() as self._wait_scope:
+            try:
+                return await wait()
+            finally:
+                self._wait_scope = None
+        return None
 
     async def _write_frame(self, frame: OutboundFrame) -> None:
         if frame.item_id != self._item_id:
