@@ -333,6 +333,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    try:
+        load_utterances(args.wav, DEMO_CALL)  # fail fast, before logging or anything starts
+    except AcsTrioError as exc:
+        print(f"acs-trio demo: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -344,6 +349,7 @@ def main(argv: list[str]) -> int:
     try:
         result = trio.run(partial(run_demo, args.out, wav=args.wav))
     except* KeyboardInterrupt:
+        print("acs-trio demo: interrupted", file=sys.stderr)
         code = 130
     except* AcsTrioError as group:
         print(f"acs-trio demo: {_first(group)}", file=sys.stderr)
