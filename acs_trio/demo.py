@@ -27,7 +27,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx  # as in acs_rest.py (flake8-async ASYNC127 prefers httpx2): a transport trusting the CA
 import numpy as np
 import trio
 from hypercorn.trio import serve as hypercorn_serve
@@ -36,6 +35,7 @@ from .app import create_app
 from .call import run_call as bridge_run_call
 from .config import Settings
 from .errors import AcsTrioError
+from .http import httpx
 from .lifecycle import CallSummary
 from .local_peer import PeerStats, serve_local_peer
 from .server import hypercorn_config
