@@ -41,6 +41,9 @@ DEFAULT_GREETING = "Greet the caller in one short sentence and ask how you can h
 
 T = TypeVar("T")
 
+#: ACS streams 20 ms frames (acs-protocol.md §4.3).
+ACS_FRAME_MS = 20
+
 
 @dataclass(frozen=True)
 class ModelEndpoint:
@@ -86,7 +89,8 @@ class CallLimits:
     close_timeout_s: float = 2.0
     #: How far ahead of real time outbound audio may run (ACS buffers it; StopAudio flushes it).
     playout_lead_ms: int = 100
-    #: Size of one outbound AudioData frame.
+    #: Agent audio per outbound AudioData message.  20 ms matches ACS's own cadence (acs-protocol.md
+    #: §4.3) and keeps StopAudio granular; larger frames cost less CPU per call (docs/performance.md).
     frame_ms: int = 20
     #: Caller audio is batched into one ``input_audio_buffer.append`` per this many ms.
     append_batch_ms: int = 60
@@ -326,9 +330,14 @@ def _limits_from_env(env: _Env) -> CallLimits:
         close_timeout_s=env.get("CLOSE_TIMEOUT_S", _positive_float, d.close_timeout_s),
         playout_lead_ms=env.get("PLAYOUT_LEAD_MS", _positive_int, d.playout_lead_ms),
         append_batch_ms=env.get("APPEND_BATCH_MS", _positive_int, d.append_batch_ms),
+        frame_ms=env.get("OUTBOUND_FRAME_MS", _positive_int, d.frame_ms),
     )
-    if limits.append_batch_ms % limits.frame_ms:
-        raise ConfigError(f"APPEND_BATCH_MS must be a multiple of {limits.frame_ms}")
+    if limits.append_batch_ms % ACS_FRAME_MS:
+        raise ConfigError(f"APPEND_BATCH_MS must be a multiple of {ACS_FRAME_MS} (ACS frames)")
+    if limits.frame_ms % ACS_FRAME_MS or limits.frame_ms > limits.playout_lead_ms:
+        raise ConfigError(
+            f"OUTBOUND_FRAME_MS must be a multiple of {ACS_FRAME_MS} and at most PLAYOUT_LEAD_MS"
+        )
     return limits
 
 

@@ -433,3 +433,21 @@ async def test_sixteen_khz_call_is_resampled_both_ways(
     assert sum(len(pcm) for _, pcm in frames) == pytest.approx(1000 * 32, abs=8)
     call.handle.cancel(EndReason.CALL_DISCONNECTED)
     assert (await call.ended()).sample_rate_hz == 16000
+
+
+async def test_larger_outbound_frames_keep_pacing_and_truncate_exact(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery, limits=replace(LIMITS, frame_ms=60))
+    t0 = trio.current_time()
+    response_id, item_id = await call.model.start_response()
+    for _ in range(10):
+        await call.model.audio_delta(response_id, item_id, pcm_tone(100, 2000))
+    # 60 ms frames leave at max(0, 60k - 100) ms: frames 0..8 by 0.43 s = 540 ms of the item.
+    await trio.sleep_until(t0 + 0.43)
+    await call.model.speech_started()
+    await wait_all_tasks_blocked()
+    assert [len(pcm) for _, pcm in call.acs.audio_out()] == [2880] * 9
+    assert call.model.events("conversation.item.truncate")[0]["audio_end_ms"] == 540
+    call.handle.cancel(EndReason.CALL_DISCONNECTED)
+    await call.ended()

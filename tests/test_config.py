@@ -65,6 +65,8 @@ def test_explicit_url_wins() -> None:
         ({"VAD_THRESHOLD": "2"}, "VAD_THRESHOLD"),
         ({"CALL_IDLE_TIMEOUT_S": "-1"}, "CALL_IDLE_TIMEOUT_S"),
         ({"APPEND_BATCH_MS": "50"}, "APPEND_BATCH_MS"),
+        ({"OUTBOUND_FRAME_MS": "30"}, "OUTBOUND_FRAME_MS"),
+        ({"OUTBOUND_FRAME_MS": "200"}, "OUTBOUND_FRAME_MS"),
         ({"PORT": "70000"}, "PORT"),
         ({"ACS_CONNECTION_STRING": "endpoint=https://a/;accesskey=b"}, "PUBLIC_BASE_URL"),
         (
