@@ -66,6 +66,7 @@ async def leak_main(args: argparse.Namespace) -> int:
                 "rss_kb": s.rss_kb,
                 "fds": s.fds,
                 "model_sockets_open": bench.peer.open_sockets,
+                "server_live_calls": await bench.server.live_calls(),
                 "calls_live_in_generator": len(bench.gen.calls),
                 "elapsed_s": round(time.time() - started, 1),
             }
@@ -107,6 +108,7 @@ async def leak_main(args: argparse.Namespace) -> int:
     print(
         f"{total} calls ({concurrency} at once, {call_s:g} s each) in {result['duration_s']} s: {ok} ok, failures {failures}; "
         f"RSS {first['rss_kb']} → {last['rss_kb']} KB ({rss_growth:+.1f} %), fds {first['fds']} → {last['fds']}, "
-        f"model sockets open {last['model_sockets_open']}; server log lines {log_lines}; wrote {path}"
+        f"model sockets open {last['model_sockets_open']}, server live calls {last['server_live_calls']}; "
+        f"server log lines {log_lines}; wrote {path}"
     )
     return 0 if not failures else 1

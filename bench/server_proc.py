@@ -102,6 +102,12 @@ class ServerProcess:
                     0.1
                 )  # an external process: polling is the only readiness signal
 
+    async def live_calls(self) -> int:
+        """Calls the server still holds, from ``GET /healthz`` (``{"calls": N, ...}``)."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as r:
+            body = await r.json()
+        return int(body["calls"])
+
     def sample(self) -> ProcSample:
         return proc_sample(self.pid)
 
