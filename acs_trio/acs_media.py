@@ -110,8 +110,8 @@ def parse_acs_message(raw: str | bytes) -> AcsMessage:
     """
     try:
         message = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"media message is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"media message is not JSON: {exc!r:.200}") from None
     if not isinstance(message, dict):
         raise ProtocolError("media message is not a JSON object")
     kind = message.get("kind", message.get("Kind"))
@@ -123,13 +123,17 @@ def parse_acs_message(raw: str | bytes) -> AcsMessage:
     body = _body(message, kind)
     try:
         return decoder(body)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
         raise ProtocolError(f"bad {kind} message: {exc!r}") from None
 
 
 def _body(message: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The object named after the kind, whatever its case (``audioData``, ``AudioData``, …)."""
     camel = kind[0].lower() + kind[1:]
-    body = message.get(camel, message.get(kind[0].upper() + kind[1:]))
+    body = message.get(camel)  # the documented spelling: one lookup on the hot path
+    if body is None:
+        wanted = kind.lower()
+        body = next((v for k, v in message.items() if k.lower() == wanted and k != "kind"), None)
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind} message has no '{camel}' object")
     return body

@@ -43,6 +43,9 @@ __all__ = ["run_call"]
 
 logger = logging.getLogger(__name__)
 
+#: Distinct unknown media kinds counted by name; the rest are counted as "(other)".
+_MAX_UNKNOWN_KINDS = 32
+
 
 async def run_call(
     media: MediaSocket,
@@ -81,7 +84,6 @@ class _CallBridge:
         self.last_acs_message = now
         self.last_speech = now
         self.inbound_blocked = False
-        self.logged_kinds: set[str] = set()
         # Caller audio → model: a bounded outbox; the producer waits when it is full.
         self.caller_audio = CallerAudio(limits.append_batch_ms)
         self.outbox_send, self.outbox_recv = trio.open_memory_channel[str](limits.model_outbox_size)
@@ -254,10 +256,11 @@ class _CallBridge:
 
     def unknown_kind(self, kind: str) -> None:
         kinds = self.summary.unknown_kinds
-        kinds[kind] = kinds.get(kind, 0) + 1
-        if kind not in self.logged_kinds and len(self.logged_kinds) < 32:
-            self.logged_kinds.add(kind)
+        if kind not in kinds and len(kinds) >= _MAX_UNKNOWN_KINDS:
+            kind = "(other)"  # a peer inventing kinds must not grow the call's memory
+        elif kind not in kinds:
             self.log.info("ignoring media messages of unknown kind %r", kind[:64])
+        kinds[kind] = kinds.get(kind, 0) + 1
 
     # --- the model side --------------------------------------------------------------------
 
@@ -277,6 +280,8 @@ class _CallBridge:
                             self.log.warning("model socket did not close in time")
         except* ModelError as group:
             self.end(EndReason.MODEL_CONNECT_FAILED, str(group.exceptions[0]))
+        except* Exception as group:
+            self.crashed(group)
 
     async def run_model_session(self, ws: WebSocketConnection) -> None:
         try:

@@ -278,8 +278,9 @@ def _model_from_env(env: _Env) -> ModelEndpoint | None:
             raise ConfigError("AZURE_OPENAI_API_KEY must be set with AZURE_OPENAI_ENDPOINT")
         if deployment is None:
             raise ConfigError("AZURE_OPENAI_DEPLOYMENT must be set with AZURE_OPENAI_ENDPOINT")
-        host = urlsplit(azure_endpoint).netloc
-        url = f"wss://{host}/openai/v1/realtime?model={quote(deployment, safe='')}"
+        parts = urlsplit(azure_endpoint)
+        scheme = "ws" if parts.scheme == "http" else "wss"  # http:// only for local test peers
+        url = f"{scheme}://{parts.netloc}/openai/v1/realtime?model={quote(deployment, safe='')}"
         return ModelEndpoint(url=url, headers=(("api-key", key),), provider="azure-openai")
 
     openai_key = env.raw("OPENAI_API_KEY")

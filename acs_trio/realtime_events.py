@@ -218,8 +218,8 @@ def parse_server_event(raw: str | bytes) -> ServerEvent:
     """
     try:
         event = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"model event is not JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"model event is not JSON: {exc!r:.200}") from None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         raise ProtocolError("model event is not an object with a 'type'")
     kind: str = event["type"]
@@ -228,7 +228,7 @@ def parse_server_event(raw: str | bytes) -> ServerEvent:
         return OtherEvent(kind)
     try:
         return decoder(event)
-    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, AttributeError, binascii.Error) as exc:
         raise ProtocolError(f"bad {kind} event: {exc!r}") from None
 
 
@@ -259,6 +259,8 @@ def _error(event: dict[str, Any]) -> ErrorEvent:
 
 def _response_done(event: dict[str, Any]) -> ResponseDone:
     response = event["response"]
+    if not isinstance(response, dict):
+        raise TypeError("response is not an object")
     details = response.get("status_details") or {}
     return ResponseDone(
         response_id=str(response.get("id", "")),

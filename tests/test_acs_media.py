@@ -86,3 +86,23 @@ def test_outbound_messages_have_the_documented_python_shape() -> None:
         "StopAudio": None,
     }
     assert json.loads(STOP_AUDIO) == {"Kind": "StopAudio", "AudioData": None, "StopAudio": {}}
+
+
+def test_body_key_case_follows_the_kind_case_insensitively() -> None:
+    audio = parse_acs_message(
+        '{"kind": "AUDIODATA", "AudioData": {"data": "AAA=", "silent": false}}'
+    )
+    assert audio == AudioData("", None, b"\x00\x00", False)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"kind": "AudioMetadata", "audioMetadata": {"sampleRate": Infinity}}',
+        '{"kind": "AudioMetadata", "audioMetadata": {"sampleRate": 1e400}}',
+        "[" * 100_000,
+    ],
+)
+def test_hostile_json_is_a_protocol_error_not_a_crash(raw: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_acs_message(raw)

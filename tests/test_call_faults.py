@@ -227,3 +227,50 @@ async def test_audio_after_the_other_side_stopped_is_not_a_crash(
         await bridge.on_caller_audio(AudioData("", None, b"\x00" * 960, False))
     bridge.playout._frames.close()  # Playout.run has exited
     await bridge.push_frames([OutboundFrame(1, "item", b"\x00" * 960, 20.0)])
+
+
+async def test_an_unexpected_error_while_connecting_is_a_crash_of_this_call_only(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    from contextlib import asynccontextmanager
+
+    from acs_trio.call import run_call
+    from acs_trio.config import AgentSettings
+    from acs_trio.lifecycle import CallHandle, CallIds
+
+    from .fakes import FakeAcs, TrioMediaSocket, open_ws_pair, record
+
+    @asynccontextmanager
+    async def broken():  # type: ignore[no-untyped-def]
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("bug in a connector")
+        yield
+
+    client, server = await open_ws_pair(nursery)
+    acs = FakeAcs(client)
+    nursery.start_soon(record, client, acs.seen)
+    summary = await run_call(
+        TrioMediaSocket(server),
+        broken,
+        handle=CallHandle(CallIds("c")),
+        agent=AgentSettings(),
+        limits=LIMITS,
+    )
+    await wait_all_tasks_blocked()
+    assert summary.end_reason is EndReason.INTERNAL_ERROR
+    assert acs.seen.closed is not None
+    assert acs.seen.closed.code == 1011
+    assert "bug in a connector" in caplog.text
+
+
+async def test_a_peer_inventing_kinds_cannot_grow_the_summary(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery)
+    for n in range(100):
+        await call.acs.send_json({"kind": f"Kind{n}", f"kind{n}": {}})
+    await wait_all_tasks_blocked()
+    call.handle.cancel(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert len(summary.unknown_kinds) == 33
+    assert summary.unknown_kinds["(other)"] == 68

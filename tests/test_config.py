@@ -95,3 +95,15 @@ def test_acs_settings() -> None:
     assert acs.public_base_url == "https://bot.example.com"
     assert acs.jwt_issuer == "https://acscallautomation.communication.azure.com"
     assert "c2VjcmV0" not in repr(acs)
+
+
+def test_a_plain_http_azure_endpoint_means_a_plain_ws_socket() -> None:
+    model = Settings.from_env(
+        {
+            "AZURE_OPENAI_ENDPOINT": "http://127.0.0.1:9000",
+            "AZURE_OPENAI_API_KEY": "k",
+            "AZURE_OPENAI_DEPLOYMENT": "d",
+        }
+    ).model
+    assert model is not None
+    assert model.url == "ws://127.0.0.1:9000/openai/v1/realtime?model=d"

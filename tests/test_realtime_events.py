@@ -97,3 +97,16 @@ def test_server_events() -> None:
 def test_bad_server_events_raise_protocol_error(raw: str) -> None:
     with pytest.raises(ProtocolError):
         rt.parse_server_event(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type": "response.done", "response": "x"}',
+        '{"type": "input_audio_buffer.speech_started", "audio_start_ms": Infinity}',
+        "[" * 100_000,
+    ],
+)
+def test_hostile_server_events_are_protocol_errors(raw: str) -> None:
+    with pytest.raises(ProtocolError):
+        rt.parse_server_event(raw)
