@@ -42,6 +42,7 @@ from azure.communication.callautomation import (
 from azure.communication.callautomation.aio import CallAutomationClient
 from azure.core.exceptions import (
     AzureError,
+    DeserializationError,
     HttpResponseError,
     ServiceRequestError,
     ServiceRequestTimeoutError,
@@ -58,6 +59,11 @@ from .http import httpx
 __all__ = ["AcsRest", "AnsweredCall", "HttpTransport", "HttpxTransport", "open_acs_rest"]
 
 logger = logging.getLogger(__name__)
+
+#: What the SDK raises on a 2xx body it cannot use (``null``, a list, ``"targets": "x"``...):
+#: msrest-style deserialisation errors and plain attribute/key/type errors from the models.
+#: Nothing but :class:`AcsRestError` may leave :class:`AcsRest`.
+_BAD_RESPONSE = (DeserializationError, ValueError, TypeError, AttributeError, KeyError)
 
 #: What ``create_app(http_transport=...)`` accepts: tests pass ``httpx.MockTransport``.
 HttpTransport = httpx.AsyncBaseTransport
@@ -207,13 +213,15 @@ class AcsRest:
                 callback_url,
                 media_streaming=media_streaming_options(transport_url),
             )
+            return AnsweredCall(
+                call_connection_id=_opt_str(props.call_connection_id),
+                server_call_id=_opt_str(props.server_call_id),
+                correlation_id=_opt_str(props.correlation_id),
+            )
         except AzureError as exc:
             raise _rest_error("answer_call", exc) from exc
-        return AnsweredCall(
-            call_connection_id=props.call_connection_id or "",
-            server_call_id=props.server_call_id or "",
-            correlation_id=props.correlation_id or "",
-        )
+        except _BAD_RESPONSE as exc:
+            raise AcsRestError(f"answer_call: unusable response: {exc!r}") from exc
 
     async def hang_up(self, call_connection_id: str) -> None:
         """End the call for everyone (``POST …:terminate``, acs-protocol.md §2.4)."""
@@ -223,6 +231,8 @@ class AcsRest:
             await connection.hang_up(is_for_everyone=True)
         except AzureError as exc:
             raise _rest_error("hang_up", exc) from exc
+        except _BAD_RESPONSE as exc:
+            raise AcsRestError(f"hang_up: unusable response: {exc!r}") from exc
 
     async def get_json(self, url: str) -> Any:
         """GET a small JSON document (the ACS JWKS) with the same trusted client."""
@@ -240,6 +250,11 @@ class AcsRest:
             return json.loads(response.content)
         except ValueError as exc:
             raise AcsRestError(f"GET {url}: not JSON", status_code=response.status_code) from exc
+
+
+def _opt_str(value: object) -> str:
+    """An id from the answer, or "" when ACS sent none (or something that is not a string)."""
+    return value if isinstance(value, str) else ""
 
 
 def _rest_error(action: str, exc: AzureError) -> AcsRestError:

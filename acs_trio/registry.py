@@ -271,9 +271,19 @@ class ControlPlane:
     # -- one call's supervisor -----------------------------------------------------------------
 
     async def _supervise(self, record: CallRecord) -> None:
+        """One call's whole life.  Nothing but Cancelled escapes: the nursery is every call's."""
         try:
             if await self._answer(record):
                 await self._follow(record)
+        except Exception:
+            # A bug or an untranslated third-party error: it must cost this call only.
+            logger.exception("%s supervisor failed", record.ids)
+            record.request_end(EndReason.INTERNAL_ERROR, "supervisor failed")
+            if not record.disconnected and record.call_connection_id:
+                try:
+                    await self._hang_up(record, "supervisor failed")
+                except Exception:
+                    logger.exception("%s hang-up after a supervisor failure failed", record.ids)
         finally:
             del self.calls[record.token]
             if not self.calls:

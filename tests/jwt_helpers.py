@@ -82,6 +82,11 @@ class FakeAcsService:
         self.answers: list[dict[str, Any]] = []
         self.hang_ups: list[str] = []
         self.answer_status = 200
+        #: Raw JSON bodies for the next 200 answers (first used first), e.g. ``b"null"``.
+        self.answer_bodies: list[bytes] = []
+        #: Statuses for the next hang-ups (first used first); 204 once this is empty.
+        self.hang_up_statuses: list[int] = []
+        self.hang_up_attempts: list[str] = []
         self.answer_gate: Any = None  # a trio.Event the answer waits on, if set
         self.answer_seen = trio.Event()
 
@@ -108,6 +113,12 @@ class FakeAcsService:
             if self.answer_status != 200:
                 error = {"error": {"code": "8523", "message": "Invalid request (stale context)"}}
                 return httpx.Response(self.answer_status, json=error)
+            if self.answer_bodies:
+                return httpx.Response(
+                    200,
+                    content=self.answer_bodies.pop(0),
+                    headers={"Content-Type": "application/json"},
+                )
             n = len(self.answers)
             return httpx.Response(
                 200,
@@ -119,9 +130,13 @@ class FakeAcsService:
                 },
             )
         if path.endswith(":terminate"):
-            self.hang_ups.append(
-                path.removeprefix("/calling/callConnections/").removesuffix(":terminate")
-            )
+            connection = path.removeprefix("/calling/callConnections/").removesuffix(":terminate")
+            self.hang_up_attempts.append(connection)
+            status = self.hang_up_statuses.pop(0) if self.hang_up_statuses else 204
+            if status != 204:
+                error = {"error": {"code": str(status), "message": "scripted failure"}}
+                return httpx.Response(status, json=error)
+            self.hang_ups.append(connection)
             return httpx.Response(204)
         return httpx.Response(404, json={"error": {"code": "NotFound", "message": path}})
 

@@ -465,3 +465,51 @@ async def test_shutdown_drains_then_ends_and_hangs_up_live_calls(
             assert trio.current_time() - started == pytest.approx(3)
             assert h.calls.summaries[0].end_reason is EndReason.SHUTDOWN
         assert h.acs.hang_ups == ["conn-1"]
+
+
+# -- regressions ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [b"null", b"[1, 2]", b'{"targets": "x"}', b'"text"'])
+async def test_a_malformed_answer_body_drops_only_that_call(
+    h: Harness, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.acs.answer_bodies = [body]
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    assert h.plane.calls == {}
+    assert "answer_call failed" in caplog.text
+    # The plane is still alive: the next call is answered, runs, and is hung up normally.
+    assert (await h.client.get("/readyz")).status_code == 200
+    response = await h.incoming(incoming_call_event("e-2", "ctx-2"))
+    assert response.status_code == 200
+    async with h.client.websocket(f"/ws/{h.acs.token_of(2)}", headers=h.auth()) as ws:
+        await ws.send("die")
+        with pytest.raises(WebsocketDisconnectError):
+            await ws.receive()
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.acs.hang_ups == ["conn-2"]
+    assert h.plane.calls == {}
+
+
+async def test_a_bug_in_one_supervisor_does_not_reach_other_calls(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rest = h.plane._rest
+    real_answer = rest.answer_call
+
+    async def broken_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(rest, "answer_call", real_answer)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(rest, "answer_call", broken_once)
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    assert "supervisor failed" in caplog.text
+    assert "RuntimeError: a bug" in caplog.text  # logged with its traceback
+    await h.incoming(incoming_call_event("e-2", "ctx-2"))
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+        await ws.send("die")
+        with pytest.raises(WebsocketDisconnectError):
+            await ws.receive()
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.acs.hang_ups == ["conn-1"]
+    assert h.plane.calls == {}
