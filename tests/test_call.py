@@ -17,6 +17,7 @@ from trio.testing import wait_all_tasks_blocked
 from acs_trio.call import run_call
 from acs_trio.config import AgentSettings, CallLimits
 from acs_trio.lifecycle import CallHandle, CallIds, CallSummary, EndReason
+from acs_trio.realtime_client import ModelConnector
 
 from .fakes import FakeAcs, FakeModel, TrioMediaSocket, open_ws_pair, pcm_tone, record
 
@@ -68,6 +69,24 @@ async def start_call(
     await call.model.connected.wait()
     await wait_all_tasks_blocked()
     return call
+
+
+async def call_with_connector(
+    nursery: trio.Nursery, connect_model: ModelConnector
+) -> tuple[CallSummary, FakeAcs]:
+    """Run a whole call against ``connect_model``; returns its summary and what ACS saw."""
+    acs_client, acs_server = await open_ws_pair(nursery)
+    acs = FakeAcs(acs_client)
+    nursery.start_soon(record, acs_client, acs.seen)
+    summary = await run_call(
+        TrioMediaSocket(acs_server),
+        connect_model,
+        handle=CallHandle(CallIds("c")),
+        agent=NO_GREETING,
+        limits=LIMITS,
+    )
+    await wait_all_tasks_blocked()
+    return summary, acs
 
 
 async def test_two_turn_call(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
@@ -319,21 +338,11 @@ async def test_model_connect_failure_ends_the_call(
         raise ModelRejected("HTTP 401", status_code=401)
         yield
 
-    acs_client, acs_server = await open_ws_pair(nursery)
-    seen_by_acs = FakeAcs(acs_client)
-    nursery.start_soon(record, acs_client, seen_by_acs.seen)
-    summary = await run_call(
-        TrioMediaSocket(acs_server),
-        refused,
-        handle=CallHandle(CallIds("c")),
-        agent=NO_GREETING,
-        limits=LIMITS,
-    )
-    await wait_all_tasks_blocked()
+    summary, acs = await call_with_connector(nursery, refused)
     assert summary.end_reason is EndReason.MODEL_CONNECT_FAILED
     assert not summary.end_reason.caller_gone  # the control plane must hang up
     assert summary.duration_s == pytest.approx(0.2)
-    assert seen_by_acs.seen.closed is not None and seen_by_acs.seen.closed.code == 1000
+    assert acs.seen.closed is not None and acs.seen.closed.code == 1000
 
 
 async def test_outer_cancellation_still_cleans_up(

@@ -13,7 +13,7 @@ from acs_trio.config import CallLimits
 from acs_trio.lifecycle import EndReason
 
 from .fakes import FakeModel, pcm_tone
-from .test_call import LIMITS, start_call
+from .test_call import LIMITS, call_with_connector, start_call
 
 GARBAGE_FROM_ACS = [
     "{not json",
@@ -234,29 +234,13 @@ async def test_an_unexpected_error_while_connecting_is_a_crash_of_this_call_only
 ) -> None:
     from contextlib import asynccontextmanager
 
-    from acs_trio.call import run_call
-    from acs_trio.config import AgentSettings
-    from acs_trio.lifecycle import CallHandle, CallIds
-
-    from .fakes import FakeAcs, TrioMediaSocket, open_ws_pair, record
-
     @asynccontextmanager
     async def broken():  # type: ignore[no-untyped-def]
         await trio.lowlevel.checkpoint()
         raise RuntimeError("bug in a connector")
         yield
 
-    client, server = await open_ws_pair(nursery)
-    acs = FakeAcs(client)
-    nursery.start_soon(record, client, acs.seen)
-    summary = await run_call(
-        TrioMediaSocket(server),
-        broken,
-        handle=CallHandle(CallIds("c")),
-        agent=AgentSettings(),
-        limits=LIMITS,
-    )
-    await wait_all_tasks_blocked()
+    summary, acs = await call_with_connector(nursery, broken)
     assert summary.end_reason is EndReason.INTERNAL_ERROR
     assert acs.seen.closed is not None
     assert acs.seen.closed.code == 1011
