@@ -43,6 +43,9 @@ class ControlTimeouts:
     media_connect_s: float = 30.0
     #: One ``hang_up`` exchange; runs shielded, so this is also the shield's deadline.
     hang_up_s: float = 5.0
+    #: After the media socket closed from ACS's side, how long to wait for ``CallDisconnected``
+    #: before hanging up: a closed socket alone does not prove the call is over.
+    disconnect_grace_s: float = 5.0
 
 
 @dataclass(eq=False)
@@ -52,9 +55,9 @@ class CallRecord:
     incoming: IncomingCall
     call_connection_id: str = ""
     media_attached: bool = False
-    #: ACS told us the call is over (CallDisconnected): never hang up.
-    disconnected: bool = False
     summary: CallSummary | None = None
+    #: ACS told us the call is over (CallDisconnected): never hang up.
+    call_disconnected: trio.Event = field(default_factory=trio.Event)
     end_requested: trio.Event = field(default_factory=trio.Event)
     media_connected: trio.Event = field(default_factory=trio.Event)
     media_done: trio.Event = field(default_factory=trio.Event)
@@ -62,6 +65,10 @@ class CallRecord:
     @property
     def ids(self) -> CallIds:
         return self.handle.ids
+
+    @property
+    def disconnected(self) -> bool:
+        return self.call_disconnected.is_set()
 
     def adopt_connection_id(self, call_connection_id: str) -> bool:
         """Learn the id (answer result, media header or first callback); False if it conflicts."""
@@ -236,7 +243,7 @@ class ControlPlane:
         name = event.name
         if name == "CallDisconnected":
             logger.info("%s CallDisconnected", record.ids)
-            record.disconnected = True
+            record.call_disconnected.set()
             record.request_end(EndReason.CALL_DISCONNECTED, "CallDisconnected callback")
         elif name == "MediaStreamingFailed":
             # No dead air: without media the caller hears nothing, so end and hang up.
@@ -329,7 +336,7 @@ class ControlPlane:
             await _wait_any(record.media_connected, record.end_requested)
         if record.media_connected.is_set():
             await record.media_done.wait()
-            why = self._hang_up_reason(record)
+            why = await self._hang_up_reason(record)
         elif waited.cancelled_caught:
             record.request_end(EndReason.MEDIA_TIMEOUT, "media socket never connected")
             why = f"media socket did not connect within {self._timeouts.media_connect_s:.0f}s"
@@ -341,13 +348,24 @@ class ControlPlane:
             return
         await self._hang_up(record, why)
 
-    @staticmethod
-    def _hang_up_reason(record: CallRecord) -> str | None:
+    async def _hang_up_reason(self, record: CallRecord) -> str | None:
+        """Why to hang up after the media route finished, or None if ACS ended the call."""
         if record.disconnected:
             return None
         summary = record.summary
         if summary is None:
             return "media handler was cancelled before the call ended"
+        if summary.end_reason is EndReason.CALLER_HUNG_UP:
+            # The media socket closing is not proof the call is over: a network drop, a stream
+            # stop or a send failure close it too, and hypercorn reports 1006 for every client
+            # close.  CallDisconnected is ACS's word that it is (acs-protocol.md §3).
+            # A shutdown during the wait hangs up at once.
+            grace = self._timeouts.disconnect_grace_s
+            with trio.move_on_after(grace):
+                await _wait_any(record.call_disconnected, record.end_requested)
+            if record.disconnected:
+                return None
+            return f"media socket closed and no CallDisconnected within {grace:.0f}s"
         if summary.end_reason.caller_gone:
             return None
         return f"call ended by us: {summary.end_reason.value} {summary.end_detail}".strip()
@@ -362,7 +380,11 @@ class ControlPlane:
             try:
                 await self._rest.hang_up(record.call_connection_id)
             except AcsRestError as exc:
-                logger.warning("%s hang_up failed: %s", record.ids, exc)
+                if exc.status_code == 404:
+                    # Already ended (the caller left while we waited): nothing to do.
+                    logger.info("%s hang_up: call already ended (404)", record.ids)
+                else:
+                    logger.warning("%s hang_up failed: %s", record.ids, exc)
                 return
         if scope.cancelled_caught:
             logger.warning("%s hang_up timed out after %.1fs", record.ids, self._timeouts.hang_up_s)

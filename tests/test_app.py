@@ -268,7 +268,9 @@ async def test_call_disconnected_ends_only_its_own_call(h: Harness) -> None:
         await ws2.send("still here")
         assert await ws2.receive() == "echo:still here"
     await trio.testing.wait_all_tasks_blocked()
-    assert h.acs.hang_ups == []  # ACS ended call 1; call 2's caller hung up
+    # call 2's caller hung up: its socket closed, and ACS says CallDisconnected.
+    await h.callback(two, callback_event("CallDisconnected", "conn-2"))
+    assert h.acs.hang_ups == []
     assert h.plane.calls == {}
 
 
@@ -359,7 +361,8 @@ async def test_media_may_connect_before_answer_returns(h: Harness) -> None:
         assert h.calls.handles[0].ids.call_id == "conn-1"
         h.acs.answer_gate.set()
         await trio.testing.wait_all_tasks_blocked()
-    await trio.testing.wait_all_tasks_blocked()
+    await h.callback(token, callback_event("CallDisconnected", "conn-1"))
+    assert h.acs.hang_ups == []
     assert h.plane.calls == {}
 
 
@@ -512,4 +515,50 @@ async def test_a_bug_in_one_supervisor_does_not_reach_other_calls(
             await ws.receive()
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-1"]
+    assert h.plane.calls == {}
+
+
+async def test_media_close_then_call_disconnected_is_not_hung_up(
+    h: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    token = h.acs.token_of(1)
+    async with h.client.websocket(f"/ws/{token}", headers=h.auth()) as ws:
+        await ws.send("hi")
+        await ws.receive()
+    await trio.sleep(2)  # the socket closed first; ACS's CallDisconnected follows
+    assert h.calls.summaries[0].end_reason is EndReason.CALLER_HUNG_UP
+    await h.callback(token, callback_event("CallDisconnected", "conn-1"))
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.acs.hang_up_attempts == []
+    assert h.plane.calls == {}
+
+
+async def test_media_close_without_call_disconnected_is_hung_up(
+    h: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A dropped socket (network, stream stop) looks like a caller close, but the call is still up.
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+        await ws.send("hi")
+        await ws.receive()
+    started = trio.current_time()
+    await trio.sleep(4)
+    assert h.acs.hang_up_attempts == []  # still waiting for CallDisconnected
+    await trio.sleep(2)
+    assert h.acs.hang_ups == ["conn-1"]
+    assert trio.current_time() - started == pytest.approx(6)
+    assert h.plane.calls == {}
+
+
+async def test_hang_up_of_an_already_ended_call_is_harmless(
+    h: Harness, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.acs.hang_up_statuses = [404]
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()):
+        pass
+    await trio.sleep(10)
+    assert h.acs.hang_up_attempts == ["conn-1"]
+    assert "already ended" in caplog.text
     assert h.plane.calls == {}
