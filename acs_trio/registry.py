@@ -313,15 +313,11 @@ class ControlPlane:
                     transport_url=self.transport_url(record.token),
                 )
         except AcsRestError as exc:
-            logger.warning("%s answer_call failed, call dropped: %s", record.ids, exc)
-            return False
+            return self._answer_failed(record, f"answer_call failed: {exc}")
         except trio.TooSlowError:
-            logger.warning(
-                "%s answer_call timed out after %.1fs, call dropped",
-                record.ids,
-                self._timeouts.answer_s,
+            return self._answer_failed(
+                record, f"answer_call timed out after {self._timeouts.answer_s:.1f}s"
             )
-            return False
         if not record.adopt_connection_id(answered.call_connection_id):
             logger.warning(
                 "%s answer returned call_connection_id=%s, media/callback said otherwise",
@@ -330,6 +326,25 @@ class ControlPlane:
             )
         logger.info("%s answered", record.ids)
         return True
+
+    @staticmethod
+    def _answer_failed(record: CallRecord, what: str) -> bool:
+        """True if the call must be followed anyway (it is connected), else drop it.
+
+        The media socket (or a callback) can arrive before ``answer_call`` returns; if it did,
+        the call is up whatever the answer said, and dropping the record would leave a caller
+        in dead air with nobody to act on its CallDisconnected or hang it up.
+        """
+        if record.media_attached or record.call_connection_id:
+            logger.warning(
+                "%s %s, but ACS already connected the call (media socket or callback): "
+                "following it as answered",
+                record.ids,
+                what,
+            )
+            return True
+        logger.warning("%s %s; call dropped", record.ids, what)
+        return False
 
     async def _follow(self, record: CallRecord) -> None:
         with trio.move_on_after(self._timeouts.media_connect_s) as waited:

@@ -562,3 +562,40 @@ async def test_hang_up_of_an_already_ended_call_is_harmless(
     assert h.acs.hang_up_attempts == ["conn-1"]
     assert "already ended" in caplog.text
     assert h.plane.calls == {}
+
+
+async def test_answer_error_after_media_attached_still_follows_the_call(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.acs.answer_gate, h.acs.answer_status = trio.Event(), 400
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    token = h.acs.token_of(1)
+    headers = {**h.auth(), "x-ms-call-connection-id": "conn-1"}
+    async with h.client.websocket(f"/ws/{token}", headers=headers) as ws:
+        await ws.send("early")
+        assert await ws.receive() == "echo:early"
+        h.acs.answer_gate.set()  # the answer fails although the call is connected
+        await trio.testing.wait_all_tasks_blocked()
+        assert "following it as answered" in caplog.text
+        await h.callback(token, callback_event("CallDisconnected", "conn-1"))
+        assert h.calls.summaries[0].end_reason is EndReason.CALL_DISCONNECTED
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.acs.hang_ups == []
+    assert h.plane.calls == {}
+
+
+async def test_answer_timeout_after_media_attached_still_hangs_up(
+    h: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    h.acs.answer_gate = trio.Event()  # never answers
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    headers = {**h.auth(), "x-ms-call-connection-id": "conn-1"}
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=headers) as ws:
+        await trio.sleep(6)  # answer_s=5 passes
+        assert h.plane.calls  # still followed
+        await ws.send("die")  # the call ends on our side: it must be hung up
+        with pytest.raises(WebsocketDisconnectError):
+            await ws.receive()
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.acs.hang_ups == ["conn-1"]
+    assert h.plane.calls == {}
