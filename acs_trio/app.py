@@ -363,8 +363,9 @@ def create_app(
             record.ids,
             ws.headers.get("x-ms-call-correlation-id", "-"),
         )
-        await ws.accept()
         try:
+            # Inside the try: a failed or cancelled accept must still report media_done.
+            await ws.accept()
             record.summary = await call_runner(
                 QuartMediaSocket(ws),
                 rt.connect_model,

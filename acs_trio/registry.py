@@ -31,6 +31,11 @@ __all__ = ["Admission", "CallRecord", "ControlPlane", "ControlTimeouts"]
 
 logger = logging.getLogger(__name__)
 
+#: How often a supervisor looks at ``handle.end_request`` while the media route runs: run_call
+#: records its own end there, and the handle has no event the control plane could wait on
+#: (``handle.bind`` belongs to run_call).
+END_POLL_S = 0.25
+
 #: Remembered event ids / incomingCallContexts for duplicate detection (bounded, oldest dropped).
 SEEN_EVENTS_MAX = 4096
 
@@ -46,6 +51,9 @@ class ControlTimeouts:
     #: After the media socket closed from ACS's side, how long to wait for ``CallDisconnected``
     #: before hanging up: a closed socket alone does not prove the call is over.
     disconnect_grace_s: float = 5.0
+    #: Once the call has been asked to end, how long the media route gets to finish before the
+    #: supervisor hangs up anyway (a send to a dead peer can block: hypercorn shields send_all).
+    media_done_after_end_s: float = 5.0
 
 
 @dataclass(eq=False)
@@ -350,8 +358,10 @@ class ControlPlane:
         with trio.move_on_after(self._timeouts.media_connect_s) as waited:
             await _wait_any(record.media_connected, record.end_requested)
         if record.media_connected.is_set():
-            await record.media_done.wait()
-            why = await self._hang_up_reason(record)
+            if await self._media_finished(record):
+                why = await self._hang_up_reason(record)
+            else:
+                why = None if record.disconnected else "media handler did not finish"
         elif waited.cancelled_caught:
             record.request_end(EndReason.MEDIA_TIMEOUT, "media socket never connected")
             why = f"media socket did not connect within {self._timeouts.media_connect_s:.0f}s"
@@ -362,6 +372,25 @@ class ControlPlane:
             logger.info("%s ended by ACS; no hang-up needed", record.ids)
             return
         await self._hang_up(record, why)
+
+    async def _media_finished(self, record: CallRecord) -> bool:
+        """Wait for the media route; once the call is asked to end, for a bounded time only."""
+        while not record.media_done.is_set():
+            if record.end_requested.is_set() or record.handle.end_request is not None:
+                limit = self._timeouts.media_done_after_end_s
+                with trio.move_on_after(limit):
+                    await record.media_done.wait()
+                if not record.media_done.is_set():
+                    logger.warning(
+                        "%s media handler still running %.1fs after the call was asked to end",
+                        record.ids,
+                        limit,
+                    )
+                    return False
+                break
+            with trio.move_on_after(END_POLL_S):
+                await record.media_done.wait()
+        return True
 
     async def _hang_up_reason(self, record: CallRecord) -> str | None:
         """Why to hang up after the media route finished, or None if ACS ended the call."""

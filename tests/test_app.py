@@ -69,9 +69,13 @@ class StandInCalls:
             else:
                 handle.bind_scope(scope)
             try:
-                while (message := await media.receive()) != "die":
+                while (message := await media.receive()) not in {"die", "stuck"}:
                     await media.send(f"echo:{message!s}")
                 reason = EndReason.MODEL_CLOSED
+                if message == "stuck":  # ends, then blocks like a send to a dead peer
+                    handle.cancel(reason, "stuck")
+                    with trio.CancelScope(shield=True, deadline=trio.current_time() + 60):
+                        await trio.sleep_forever()
             except MediaClosed:
                 pass
         if scope.cancelled_caught and handle.end_request is not None:
@@ -598,4 +602,34 @@ async def test_answer_timeout_after_media_attached_still_hangs_up(
             await ws.receive()
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-1"]
+    assert h.plane.calls == {}
+
+
+async def test_a_stuck_media_handler_does_not_delay_the_hang_up(
+    h: Harness, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+        await ws.send("stuck")  # the call ends on our side, then a send blocks (shielded)
+        started = trio.current_time()
+        while not h.acs.hang_ups:
+            await trio.sleep(0.1)
+        assert trio.current_time() - started < 7  # media_done_after_end_s = 5, not 60
+        assert h.acs.hang_ups == ["conn-1"]
+        assert "still running" in caplog.text
+
+
+async def test_a_failed_accept_still_reports_media_done(
+    h: Harness, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from acs_trio.app import MediaWebsocket
+
+    async def broken_accept(*args: Any, **kwargs: Any) -> None:
+        raise trio.BrokenResourceError("peer went away during the handshake")
+
+    monkeypatch.setattr(MediaWebsocket, "accept", broken_accept)
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    await refusal_status(h.client, f"/ws/{h.acs.token_of(1)}", h.auth())
+    await trio.sleep(1)
+    assert h.acs.hang_ups == ["conn-1"]  # "media handler was cancelled": never dead air
     assert h.plane.calls == {}
