@@ -10,6 +10,8 @@ event loop.  So :class:`JwtVerifier` fetches the JWKS itself over the shared htt
 (:meth:`AcsRest.get_json`), caches the keys by ``kid``, and refreshes the cache when a token
 names a ``kid`` it does not know — at most once per ``refresh_interval_s``, so a stream of junk
 ``kid`` values cannot make us hammer the JWKS URL.  Concurrent misses share one fetch (a lock).
+While no keys are cached at all (the fetches so far failed) the limit is ``EMPTY_RETRY_S``
+instead, and a token is refused as :class:`KeysUnavailable` (503), never as an unknown ``kid``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 LEEWAY_S = 60.0
 #: Minimum time between two JWKS fetches caused by unknown ``kid`` values.
 REFRESH_INTERVAL_S = 60.0
+#: While no keys are cached (first fetch failed), retry at most this often, not every
+#: ``REFRESH_INTERVAL_S``: every request is failing with 503 until a fetch succeeds.
+EMPTY_RETRY_S = 1.0
 #: Budget for one JWKS fetch.
 FETCH_TIMEOUT_S = 5.0
 
@@ -112,13 +117,16 @@ class JwtVerifier:
                 await self._refresh()
                 key = self._keys.get(kid)
         if key is None:
+            if not self._keys:  # we could not check anything: not the caller's fault
+                raise KeysUnavailable("no JWKS keys (the last fetch failed)")
             raise AuthError(f"unknown JWT kid {kid!r}")
         return key
 
     def _may_refresh(self) -> bool:
         if self._last_fetch is None:
             return True
-        return trio.current_time() - self._last_fetch >= self._refresh_interval_s
+        interval = self._refresh_interval_s if self._keys else EMPTY_RETRY_S
+        return trio.current_time() - self._last_fetch >= interval
 
     async def _refresh(self) -> None:
         self._last_fetch = trio.current_time()

@@ -105,3 +105,23 @@ def test_bearer_header_must_be_present_and_bearer(header: str | None) -> None:
 
 def test_bearer_token_extracts_the_token() -> None:
     assert bearer_token("Bearer abc.def.ghi") == "abc.def.ghi"
+
+
+async def test_a_failed_first_fetch_is_retried_soon_and_is_not_the_callers_fault(
+    keys: KeySet, autojump_clock: trio.testing.MockClock
+) -> None:
+    outage = [True]
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503) if outage[0] else httpx.Response(200, json=keys.jwks())
+
+    async with open_acs_rest(None, transport=httpx.MockTransport(flaky)) as rest:
+        verifier = JwtVerifier(rest, jwks_url=JWKS_URL, issuer=ISSUER, audience=RESOURCE_ID)
+        with pytest.raises(KeysUnavailable):
+            await verifier.verify(keys.token())
+        with pytest.raises(KeysUnavailable):  # still no keys: 503, never 401 "unknown kid"
+            await verifier.verify(keys.token())
+        outage[0] = False
+        await trio.sleep(1)
+        claims = await verifier.verify(keys.token())
+        assert claims["aud"] == RESOURCE_ID
