@@ -192,12 +192,16 @@ class _Runtime:
     def ready(self) -> bool:
         return self.plane is not None and self.plane.ready
 
-    async def authenticate(self, authorization: str | None) -> Response | None:
-        """None if the ACS JWT verifies, else the refusal to send (401; 503 without keys)."""
+    async def verify_jwt(self, authorization: str | None) -> None:
+        """Raise :class:`AuthError` (bad token) or :class:`KeysUnavailable` (cannot check now)."""
         if self.verifier is None:
-            return Response("not ready\n", 503)
+            raise KeysUnavailable("not ready: no JWT verifier yet")
+        await self.verifier.verify(bearer_token(authorization))
+
+    async def authenticate(self, authorization: str | None) -> Response | None:
+        """For HTTP callbacks: None if the ACS JWT verifies, else 401 (503 without keys)."""
         try:
-            await self.verifier.verify(bearer_token(authorization))
+            await self.verify_jwt(authorization)
         except KeysUnavailable as exc:
             logger.warning("%s refused: %s", request_path(), exc)
             return Response("cannot verify tokens right now\n", 503)
@@ -348,9 +352,21 @@ def create_app(
         if token not in plane.calls:  # before any JWKS work: junk URLs cost nothing
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
-        refusal = await rt.authenticate(ws.headers.get("Authorization"))
-        if refusal is not None:
-            return refusal
+        # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
+        # Authorization; take either.
+        authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
+        try:
+            await rt.verify_jwt(authorization)
+        except KeysUnavailable as exc:
+            # §5.2: a failed check is refused (HTTP 401 below); "other errors" close with 1011.
+            logger.warning("%s refused with close 1011: %s", request_path(), exc)
+            with contextlib.suppress(UnexpectedMessageError, RuntimeError, trio.BrokenResourceError):
+                await ws.accept()
+                await ws.close(1011, "cannot verify tokens right now")
+            return None
+        except AuthError as exc:
+            logger.warning("%s refused: %s", request_path(), exc)
+            return Response("unauthorized\n", 401)
         record = plane.claim_media(token, ws.headers.get("x-ms-call-connection-id", ""))
         if isinstance(record, str):
             logger.warning("%s refused: %s", request_path(), record)

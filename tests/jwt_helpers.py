@@ -82,6 +82,7 @@ class FakeAcsService:
         self.answers: list[dict[str, Any]] = []
         self.hang_ups: list[str] = []
         self.answer_status = 200
+        self.jwks_status = 200
         #: Raw JSON bodies for the next 200 answers (first used first), e.g. ``b"null"``.
         self.answer_bodies: list[bytes] = []
         #: Statuses for the next hang-ups (first used first); 204 once this is empty.
@@ -102,6 +103,8 @@ class FakeAcsService:
         import httpx
 
         if str(request.url) == JWKS_URL:
+            if self.jwks_status != 200:
+                return httpx.Response(self.jwks_status)
             return httpx.Response(200, json=self.keys.jwks())
         path = request.url.path
         if path == "/calling/callConnections:answer":

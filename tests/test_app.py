@@ -633,3 +633,29 @@ async def test_a_failed_accept_still_reports_media_done(
     await trio.sleep(1)
     assert h.acs.hang_ups == ["conn-1"]  # "media handler was cancelled": never dead air
     assert h.plane.calls == {}
+
+
+async def test_media_socket_without_keys_is_accepted_then_closed_1011(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # acs-protocol.md §5.2: auth failures are refused; other errors close with 1011.
+    h.acs.jwks_status = 503
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+        with pytest.raises(WebsocketDisconnectError) as closed:
+            await ws.receive()
+    assert closed.value.args[0] == 1011
+    assert "1011" in caplog.text
+    assert h.calls.handles == []
+    callback = await h.callback(h.acs.token_of(1), callback_event("CallConnected", "conn-1"))
+    assert callback.status_code == 503  # the HTTP callback still says 503
+
+
+async def test_media_jwt_may_come_in_an_authentication_header(h: Harness) -> None:
+    # acs-protocol.md §5.2: the prose says "Authentication header", the sample reads Authorization.
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    headers = {"Authentication": h.acs.keys.bearer()}
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=headers) as ws:
+        await ws.send("hi")
+        assert await ws.receive() == "echo:hi"
+    assert len(h.calls.handles) == 1
