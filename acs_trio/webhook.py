@@ -87,6 +87,9 @@ def load_json_array(body: bytes) -> list[Any]:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadBody(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        # e.g. "[" * 200000: well under the 1 MiB limit, but too deep for json.loads.
+        raise BadBody("body is not JSON we accept: nested too deeply") from None
     if isinstance(value, dict):
         return [value]
     if not isinstance(value, list):

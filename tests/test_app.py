@@ -659,3 +659,15 @@ async def test_media_jwt_may_come_in_an_authentication_header(h: Harness) -> Non
         await ws.send("hi")
         assert await ws.receive() == "echo:hi"
     assert len(h.calls.handles) == 1
+
+
+async def test_deeply_nested_json_is_400_on_both_webhooks(h: Harness) -> None:
+    body = b"[" * 200_000  # under 1 MiB; json.loads would raise RecursionError
+    headers = {"Content-Type": "application/json"}
+    response = await h.client.post("/api/incomingCall", data=body, headers=headers)
+    assert response.status_code == 400
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    callback = await h.client.post(
+        f"/api/callbacks/{h.acs.token_of(1)}", data=body, headers={**headers, **h.auth()}
+    )
+    assert callback.status_code == 400

@@ -94,3 +94,8 @@ def test_bodies_that_are_not_event_arrays_are_refused(body: bytes) -> None:
 
 def test_a_single_object_is_a_batch_of_one() -> None:
     assert load_json_array(b'{"id": "x"}') == [{"id": "x"}]
+
+
+def test_deeply_nested_json_is_a_bad_body_not_a_crash() -> None:
+    with pytest.raises(BadBody, match="nested"):
+        load_json_array(b"[" * 200_000)
