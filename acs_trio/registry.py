@@ -15,6 +15,7 @@ socket may never connect at all.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections import OrderedDict
@@ -36,7 +37,9 @@ logger = logging.getLogger(__name__)
 #: (``handle.bind`` belongs to run_call).
 END_POLL_S = 0.25
 
-#: Remembered event ids / incomingCallContexts for duplicate detection (bounded, oldest dropped).
+#: Remembered event ids / incomingCallContext hashes for duplicate detection (bounded, oldest
+#: dropped).  Hashes, not the contexts: the webhook is unauthenticated, so 4096 kept contexts of
+#: up to 16 KiB each would be memory anyone can make us hold.
 SEEN_EVENTS_MAX = 4096
 
 
@@ -182,7 +185,10 @@ class ControlPlane:
 
     def admit(self, incoming: IncomingCall) -> str:
         """Decide about one IncomingCall without waiting; answering continues in the background."""
-        keys = (f"id:{incoming.event_id}", f"ctx:{incoming.incoming_call_context}")
+        keys = (
+            "id:" + _digest(incoming.event_id),
+            "ctx:" + _digest(incoming.incoming_call_context),
+        )
         if any(key in self._seen for key in keys):
             return Admission.DUPLICATE
         for key in keys:
@@ -434,6 +440,10 @@ class ControlPlane:
             logger.warning("%s hang_up timed out after %.1fs", record.ids, self._timeouts.hang_up_s)
         else:
             logger.info("%s hung up", record.ids)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 async def _wait_any(*events: trio.Event) -> None:

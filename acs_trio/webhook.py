@@ -34,6 +34,9 @@ __all__ = [
 VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 INCOMING_CALL_EVENT = "Microsoft.Communication.IncomingCall"
 CALLBACK_PREFIX = "Microsoft.Communication."
+#: An ``incomingCallContext`` is an opaque signed token of a few KiB [INF]; anything far larger is
+#: junk (the route is unauthenticated, acs-protocol.md §5.3) and is skipped, not answered.
+MAX_CONTEXT_CHARS = 16 * 1024
 
 
 class BadBody(ValueError):
@@ -141,6 +144,9 @@ def decode_event_grid(events: list[Any]) -> list[ValidationRequest | IncomingCal
             context = _str(data, "incomingCallContext")
             if not context:
                 decoded.append(Skipped(event_id, kind, "IncomingCall without incomingCallContext"))
+            elif len(context) > MAX_CONTEXT_CHARS:
+                reason = f"incomingCallContext too long ({len(context)} chars)"
+                decoded.append(Skipped(event_id, kind, reason))
             else:
                 decoded.append(
                     IncomingCall(

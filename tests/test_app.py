@@ -671,3 +671,14 @@ async def test_deeply_nested_json_is_400_on_both_webhooks(h: Harness) -> None:
         f"/api/callbacks/{h.acs.token_of(1)}", data=body, headers={**headers, **h.auth()}
     )
     assert callback.status_code == 400
+
+
+async def test_duplicate_memory_keeps_hashes_not_contexts(h: Harness) -> None:
+    context = "c" * 16_000  # unauthenticated input: must not be kept 4096 times
+    await h.incoming(incoming_call_event("e-1", context))
+    await h.incoming(incoming_call_event("e-2", context))  # same context, new id: duplicate
+    assert len(h.acs.answers) == 1
+    assert all(len(key) <= 80 for key in h.plane._seen)
+    huge = await h.incoming(incoming_call_event("e-3", "d" * 20_000))
+    assert huge.status_code == 200  # logged and skipped, never retried forever
+    assert len(h.acs.answers) == 1

@@ -99,3 +99,11 @@ def test_a_single_object_is_a_batch_of_one() -> None:
 def test_deeply_nested_json_is_a_bad_body_not_a_crash() -> None:
     with pytest.raises(BadBody, match="nested"):
         load_json_array(b"[" * 200_000)
+
+
+def test_an_oversized_incoming_call_context_is_skipped() -> None:
+    [decoded] = decode_event_grid([incoming_call_event("e-1", "c" * (16 * 1024 + 1))])
+    assert isinstance(decoded, Skipped)
+    assert "too long" in decoded.reason
+    [ok] = decode_event_grid([incoming_call_event("e-2", "c" * (16 * 1024))])
+    assert isinstance(ok, IncomingCall)
