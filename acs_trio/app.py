@@ -260,7 +260,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # quart-trio puts this deadline on the lifespan nursery at shutdown: room for the drain.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = (
-        settings.server.shutdown_grace_s + timeouts.hang_up_s + 10
+        settings.server.shutdown_grace_s + timeouts.hang_up_total_s + 10
     )
     app.extensions["acs_trio"] = rt
 

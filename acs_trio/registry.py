@@ -16,6 +16,7 @@ socket may never connect at all.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import secrets
 from collections import OrderedDict
@@ -37,6 +38,10 @@ logger = logging.getLogger(__name__)
 #: (``handle.bind`` belongs to run_call).
 END_POLL_S = 0.25
 
+#: Hang-up back-off: 0.5, 1, 2, 4, 8, 8... s between attempts, within hang_up_total_s.
+HANG_UP_FIRST_RETRY_S = 0.5
+HANG_UP_MAX_RETRY_S = 8.0
+
 #: Remembered event ids / incomingCallContext hashes for duplicate detection (bounded, oldest
 #: dropped).  Hashes, not the contexts: the webhook is unauthenticated, so 4096 kept contexts of
 #: up to 16 KiB each would be memory anyone can make us hold.
@@ -49,8 +54,11 @@ class ControlTimeouts:
     answer_s: float = 10.0
     #: From answering to the media WebSocket connecting; after this the call is hung up.
     media_connect_s: float = 30.0
-    #: One ``hang_up`` exchange; runs shielded, so this is also the shield's deadline.
+    #: One ``hang_up`` attempt (azure-core's own retries included).
     hang_up_s: float = 5.0
+    #: All hang-up attempts together (retried on 5xx/network errors with back-off); they run
+    #: shielded, so this is also the shield's deadline.
+    hang_up_total_s: float = 30.0
     #: After the media socket closed from ACS's side, how long to wait for ``CallDisconnected``
     #: before hanging up: a closed socket alone does not prove the call is over.
     disconnect_grace_s: float = 5.0
@@ -165,7 +173,7 @@ class ControlPlane:
             logger.info("%s ending for shutdown", record.ids)
             record.request_end(EndReason.SHUTDOWN, "server shutting down")
         # Supervisors now hang up (each shielded with its own deadline); wait a bounded time.
-        with trio.move_on_after(self._timeouts.hang_up_s + 5):
+        with trio.move_on_after(self._timeouts.hang_up_total_s + 5):
             await self._idle.wait()
         if self.calls:
             logger.warning("drain finished with %d call(s) still winding down", len(self.calls))
@@ -421,25 +429,48 @@ class ControlPlane:
         return f"call ended by us: {summary.end_reason.value} {summary.end_detail}".strip()
 
     async def _hang_up(self, record: CallRecord, why: str) -> None:
-        """Never leave a caller in dead air: shielded, with its own deadline."""
+        """Never leave a caller in dead air: shielded, retried, within a total deadline."""
         if not record.call_connection_id:
             logger.warning("%s cannot hang up (%s): no call_connection_id", record.ids, why)
             return
         logger.info("%s hanging up: %s", record.ids, why)
-        with trio.move_on_after(self._timeouts.hang_up_s, shield=True) as scope:
-            try:
+        total = self._timeouts.hang_up_total_s
+        with trio.move_on_after(total, shield=True):
+            delay = HANG_UP_FIRST_RETRY_S
+            for attempt in itertools.count(1):
+                if not await self._hang_up_once(record, attempt):
+                    return
+                logger.warning("%s hang_up retrying in %.1fs", record.ids, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, HANG_UP_MAX_RETRY_S)
+        logger.error("%s hang_up gave up after %.0fs: the call may still be up", record.ids, total)
+
+    async def _hang_up_once(self, record: CallRecord, attempt: int) -> bool:
+        """One attempt; True if it is worth trying again (5xx, network error, timeout)."""
+        try:
+            with trio.fail_after(self._timeouts.hang_up_s):
                 await self._rest.hang_up(record.call_connection_id)
-            except AcsRestError as exc:
-                if exc.status_code == 404:
-                    # Already ended (the caller left while we waited): nothing to do.
-                    logger.info("%s hang_up: call already ended (404)", record.ids)
-                else:
-                    logger.warning("%s hang_up failed: %s", record.ids, exc)
-                return
-        if scope.cancelled_caught:
-            logger.warning("%s hang_up timed out after %.1fs", record.ids, self._timeouts.hang_up_s)
-        else:
-            logger.info("%s hung up", record.ids)
+        except AcsRestError as exc:
+            status = exc.status_code
+            if status == 404:
+                # Already ended (the caller left while we waited): nothing to do.
+                logger.info("%s hang_up: call already ended (404)", record.ids)
+                return False
+            if status is not None and status < 500 and status not in {408, 429}:
+                logger.warning("%s hang_up refused, not retried: %s", record.ids, exc)
+                return False
+            logger.warning("%s hang_up attempt %d failed: %s", record.ids, attempt, exc)
+            return True
+        except trio.TooSlowError:
+            logger.warning(
+                "%s hang_up attempt %d timed out after %.1fs",
+                record.ids,
+                attempt,
+                self._timeouts.hang_up_s,
+            )
+            return True
+        logger.info("%s hung up", record.ids)
+        return False
 
 
 def _digest(text: str) -> str:

@@ -682,3 +682,39 @@ async def test_duplicate_memory_keeps_hashes_not_contexts(h: Harness) -> None:
     huge = await h.incoming(incoming_call_event("e-3", "d" * 20_000))
     assert huge.status_code == 200  # logged and skipped, never retried forever
     assert len(h.acs.answers) == 1
+
+
+async def test_hang_up_is_retried_through_server_errors(
+    h: Harness, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.acs.hang_up_statuses = [503] * 8  # ACS struggles for a while (azure-core retries too)
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    started = trio.current_time()
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+        await ws.send("die")
+        with pytest.raises(WebsocketDisconnectError):
+            await ws.receive()
+    with trio.fail_after(30):
+        while h.plane.calls:
+            await trio.sleep(0.1)
+    assert h.acs.hang_ups == ["conn-1"]
+    assert len(h.acs.hang_up_attempts) == 9
+    assert trio.current_time() - started < 30
+    assert "retrying" in caplog.text
+
+
+async def test_hang_up_gives_up_at_its_total_deadline(
+    h: Harness, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.acs.hang_up_statuses = [503] * 10_000
+    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    started = trio.current_time()
+    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+        await ws.send("die")
+        with pytest.raises(WebsocketDisconnectError):
+            await ws.receive()
+    while h.plane.calls:
+        await trio.sleep(0.1)
+    assert trio.current_time() - started == pytest.approx(30, abs=1)
+    assert h.acs.hang_ups == []
+    assert "gave up" in caplog.text
