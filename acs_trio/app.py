@@ -360,7 +360,9 @@ def create_app(
         except KeysUnavailable as exc:
             # §5.2: a failed check is refused (HTTP 401 below); "other errors" close with 1011.
             logger.warning("%s refused with close 1011: %s", request_path(), exc)
-            with contextlib.suppress(UnexpectedMessageError, RuntimeError, trio.BrokenResourceError):
+            with contextlib.suppress(
+                UnexpectedMessageError, RuntimeError, trio.BrokenResourceError
+            ):
                 await ws.accept()
                 await ws.close(1011, "cannot verify tokens right now")
             return None

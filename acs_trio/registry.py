@@ -16,7 +16,6 @@ socket may never connect at all.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import secrets
 from collections import OrderedDict
@@ -421,7 +420,7 @@ class ControlPlane:
             grace = self._timeouts.disconnect_grace_s
             with trio.move_on_after(grace):
                 await _wait_any(record.call_disconnected, record.end_requested)
-            if record.disconnected:
+            if record.call_disconnected.is_set():  # (not .disconnected: mypy narrows it)
                 return None
             return f"media socket closed and no CallDisconnected within {grace:.0f}s"
         if summary.end_reason.caller_gone:
@@ -435,15 +434,20 @@ class ControlPlane:
             return
         logger.info("%s hanging up: %s", record.ids, why)
         total = self._timeouts.hang_up_total_s
-        with trio.move_on_after(total, shield=True):
-            delay = HANG_UP_FIRST_RETRY_S
-            for attempt in itertools.count(1):
-                if not await self._hang_up_once(record, attempt):
-                    return
-                logger.warning("%s hang_up retrying in %.1fs", record.ids, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, HANG_UP_MAX_RETRY_S)
-        logger.error("%s hang_up gave up after %.0fs: the call may still be up", record.ids, total)
+        retry = True
+        with trio.move_on_after(total, shield=True) as scope:
+            attempt, delay = 0, HANG_UP_FIRST_RETRY_S
+            while retry:
+                attempt += 1
+                retry = await self._hang_up_once(record, attempt)
+                if retry:
+                    logger.warning("%s hang_up retrying in %.1fs", record.ids, delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, HANG_UP_MAX_RETRY_S)
+        if scope.cancelled_caught:
+            logger.error(
+                "%s hang_up gave up after %.0fs: the call may still be up", record.ids, total
+            )
 
     async def _hang_up_once(self, record: CallRecord, attempt: int) -> bool:
         """One attempt; True if it is worth trying again (5xx, network error, timeout)."""

@@ -612,8 +612,7 @@ async def test_a_stuck_media_handler_does_not_delay_the_hang_up(
     async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
         await ws.send("stuck")  # the call ends on our side, then a send blocks (shielded)
         started = trio.current_time()
-        while not h.acs.hang_ups:
-            await trio.sleep(0.1)
+        await h.plane.wait_idle()  # hung up and released
         assert trio.current_time() - started < 7  # media_done_after_end_s = 5, not 60
         assert h.acs.hang_ups == ["conn-1"]
         assert "still running" in caplog.text
@@ -695,8 +694,7 @@ async def test_hang_up_is_retried_through_server_errors(
         with pytest.raises(WebsocketDisconnectError):
             await ws.receive()
     with trio.fail_after(30):
-        while h.plane.calls:
-            await trio.sleep(0.1)
+        await h.plane.wait_idle()
     assert h.acs.hang_ups == ["conn-1"]
     assert len(h.acs.hang_up_attempts) == 9
     assert trio.current_time() - started < 30
@@ -713,8 +711,7 @@ async def test_hang_up_gives_up_at_its_total_deadline(
         await ws.send("die")
         with pytest.raises(WebsocketDisconnectError):
             await ws.receive()
-    while h.plane.calls:
-        await trio.sleep(0.1)
+    await h.plane.wait_idle()
     assert trio.current_time() - started == pytest.approx(30, abs=1)
     assert h.acs.hang_ups == []
     assert "gave up" in caplog.text
