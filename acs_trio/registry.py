@@ -4,8 +4,9 @@ Every answered call has one :class:`CallRecord`, found by its per-call URL token
 against ``callConnectionId``), and one *supervisor* task in the control plane's server-level
 nursery.  The supervisor answers the call, waits for the media socket (or for the call to end
 first), waits for the media route to finish ``run_call``, hangs the ACS call up unless the caller
-is already gone, and removes the record.  So "registry empty" means "every task of every call has
-ended", which is what tests and the drain wait for.
+is already gone, and removes the record.  So "registry empty" means "every call's supervisor has
+ended" (and every media handler too, unless one was stuck past ``media_done_after_end_s``, which is
+logged), which is what tests and the drain wait for.
 
 The media WebSocket itself runs in hypercorn's connection task (that is where the ASGI socket
 lives); it reports back through ``CallRecord.media_done``.  Hanging up happens here rather than
