@@ -73,6 +73,9 @@ class CallHandle:
         self.ids = ids
         self._on_cancel: Callable[[], None] | None = None
         self._end_request: tuple[EndReason, str] | None = None
+        #: Set at the first :meth:`cancel`, whoever called it (the call itself or the control plane).
+        self.end_requested = trio.Event()
+        #: Set when ``run_call`` has returned: every task of the call has ended.
         self.finished = trio.Event()
 
     def cancel(self, reason: EndReason, detail: str = "") -> None:
@@ -83,6 +86,7 @@ class CallHandle:
         if self._end_request is not None:
             return
         self._end_request = (reason, detail)
+        self.end_requested.set()
         if self._on_cancel is not None:
             self._on_cancel()
 

@@ -33,10 +33,6 @@ __all__ = ["Admission", "CallRecord", "ControlPlane", "ControlTimeouts"]
 
 logger = logging.getLogger(__name__)
 
-#: How often a supervisor looks at ``handle.end_request`` while the media route runs: run_call
-#: records its own end there, and the handle has no event the control plane could wait on
-#: (``handle.bind`` belongs to run_call).
-END_POLL_S = 0.25
 
 #: Hang-up back-off: 0.5, 1, 2, 4, 8, 8... s between attempts, within hang_up_total_s.
 HANG_UP_FIRST_RETRY_S = 0.5
@@ -389,21 +385,19 @@ class ControlPlane:
 
     async def _media_finished(self, record: CallRecord) -> bool:
         """Wait for the media route; once the call is asked to end, for a bounded time only."""
-        while not record.media_done.is_set():
-            if record.end_requested.is_set() or record.handle.end_request is not None:
-                limit = self._timeouts.media_done_after_end_s
-                with trio.move_on_after(limit):
-                    await record.media_done.wait()
-                if not record.media_done.is_set():
-                    logger.warning(
-                        "%s media handler still running %.1fs after the call was asked to end",
-                        record.ids,
-                        limit,
-                    )
-                    return False
-                break
-            with trio.move_on_after(END_POLL_S):
-                await record.media_done.wait()
+        await _wait_any(record.media_done, record.handle.end_requested)
+        if record.media_done.is_set():
+            return True
+        limit = self._timeouts.media_done_after_end_s
+        with trio.move_on_after(limit):
+            await record.media_done.wait()
+        if not record.media_done.is_set():
+            logger.warning(
+                "%s media handler still running %.1fs after the call was asked to end",
+                record.ids,
+                limit,
+            )
+            return False
         return True
 
     async def _hang_up_reason(self, record: CallRecord) -> str | None:
