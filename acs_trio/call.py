@@ -3,12 +3,13 @@
 Task tree (docs/architecture.md has the picture)::
 
     run_call ─ call nursery
-               ├── receive_from_acs  ACS socket → [model outbox, 64] → send_to_model
-               ├── run_model         connect; session.update; greeting; then its own nursery:
-               │     ├── send_to_model      [model outbox] → model socket
-               │     └── receive_from_model model socket → [outbound frames, 5 min] → Playout
-               ├── Playout.run       [outbound frames] → paced AudioData / StopAudio → ACS socket
-               └── watchdog          max duration, idle and media timeouts
+               ├── run_acs_side ── acs_scope
+               │     ├── receive_from_acs   ACS socket → [model outbox, 64] → send_to_model
+               │     ├── run_playout        [outbound frames] → paced AudioData / StopAudio → ACS
+               │     └── watchdog           max duration, idle and media timeouts
+               └── run_model ── model_connect_scope: open the socket, then model_session_scope:
+                     ├── send_to_model      [model outbox] → model socket
+                     └── receive_from_model model socket → [outbound frames, 5 min] → playout
 
 Whatever ends the call (ACS hangs up, the model closes, a timeout, ``handle.cancel()``, a bug)
 records an :class:`EndReason` through the :class:`CallHandle` (first cause wins), which cancels
