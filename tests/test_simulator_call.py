@@ -22,20 +22,13 @@ import jwt
 import numpy as np
 import pytest
 import trio
-from azure.communication.callautomation import (
-    AudioFormat,
-    MediaStreamingAudioChannelType,
-    MediaStreamingContentType,
-    MediaStreamingOptions,
-    StreamingTransportType,
-)
 from azure.communication.callautomation.aio import CallAutomationClient
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from quart import request, websocket
 from quart_trio import QuartTrio
 
-from acs_trio.acs_rest import HttpxTransport
+from acs_trio.acs_rest import HttpxTransport, media_streaming_options
 from acs_trio.simulator import CallOptions, SimulatedAcs, open_simulated_acs
 from acs_trio.simulator.audio import write_wav
 
@@ -109,15 +102,7 @@ def make_app(acs: SimulatedAcs, client: CallAutomationClient, seen: FakeServer) 
         base = seen.base
         for event in await request.get_json():
             token = secrets.token_urlsafe(8)
-            media = MediaStreamingOptions(
-                transport_url=f"{base.replace('http', 'ws')}/ws/{token}",
-                transport_type=StreamingTransportType.WEBSOCKET,
-                content_type=MediaStreamingContentType.AUDIO,
-                audio_channel_type=MediaStreamingAudioChannelType.MIXED,
-                start_media_streaming=True,
-                enable_bidirectional=True,
-                audio_format=AudioFormat.PCM24_K_MONO,
-            )
+            media = media_streaming_options(f"{base.replace('http', 'ws')}/ws/{token}")
             props = await client.answer_call(
                 event["data"]["incomingCallContext"],
                 f"{base}/api/callbacks/{token}",
