@@ -2,15 +2,15 @@
 
 # The offline demo call: server + local realtime peer + ACS simulator; writes demo-out/.
 demo:
-    python -m pip install -e . && python -m acs_trio demo
+    python -m pip install -e '.[demo]' && python -m acs_trio demo
 
 # The README's test command (what .ci/run runs).
 test:
-    python -m pip install -e '.[dev]' && python -m ruff check . && python -m ruff format --check . && python -m mypy && python -m flake8_async --startable-in-context-manager=serve_local_peer,run acs_trio/*.py acs_trio/*/*.py && python -m pytest
+    python -m pip install -e '.[dev]' && python -m ruff check . && python -m ruff format --check . && python -m mypy && python -m flake8_async --startable-in-context-manager=serve_local_peer,run acs_trio/*.py acs_trio/*/*.py acs_trio/*/*/*.py && python -m pytest
 
 # Lint and type-check only.
 lint:
-    python -m ruff check . && python -m ruff format --check . && python -m mypy && python -m flake8_async --startable-in-context-manager=serve_local_peer,run acs_trio/*.py acs_trio/*/*.py
+    python -m ruff check . && python -m ruff format --check . && python -m mypy && python -m flake8_async --startable-in-context-manager=serve_local_peer,run acs_trio/*.py acs_trio/*/*.py acs_trio/*/*/*.py
 
 # Run the server (reads settings from the environment; see README).
 serve *ARGS:

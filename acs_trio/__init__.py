@@ -1,17 +1,38 @@
 """acs_trio: Azure Communication Services phone calls bridged to a realtime voice model, on Trio.
 
+General layout (each layer imports only the ones below it; ``tests/test_layers.py`` checks)::
+
+    demo/      the offline demo and its picture: composes the server with testing/
+    control/   the server: routes, socket adapters, call registry, supervisor, auth, ACS REST
+    call/      one call = one nursery: bridge, playout, caller/agent audio, the two socket seams
+    wire/      pure codecs: ACS media, Realtime events, webhook bodies (no tasks, no sockets)
+    config.py  errors.py  _httpx.py
+    testing/   stand-ins (simulated ACS, local realtime peer, token signer): like trio.testing,
+               shipped beside the product and never imported by it
+
 The public surface is small: :func:`run_call` bridges one call inside its own nursery;
 :class:`CallHandle` lets the control plane end it; :class:`Settings` reads the environment.  The
-HTTP/WebSocket server is :func:`acs_trio.app.create_app` (quart-trio), run by ``acs-trio serve``.
+HTTP/WebSocket server is :func:`acs_trio.control.app.create_app` (quart-trio), run by
+``acs-trio serve``.
 """
 
-from .call import run_call as run_call
+from .call.bridge import run_call as run_call
+from .call.lifecycle import (
+    CallHandle as CallHandle,
+    CallIds as CallIds,
+    CallSummary as CallSummary,
+    EndReason as EndReason,
+)
+from .call.media_socket import MediaSocket as MediaSocket
+from .call.model_socket import ModelConnector as ModelConnector, ModelSocket as ModelSocket
 from .config import Settings as Settings
+from .control.model_ws import model_connector as model_connector
 from .errors import (
     AcsRestError as AcsRestError,
     AcsTrioError as AcsTrioError,
     AuthError as AuthError,
     ConfigError as ConfigError,
+    KeysUnavailable as KeysUnavailable,
     MediaClosed as MediaClosed,
     ModelClosed as ModelClosed,
     ModelConnectError as ModelConnectError,
@@ -19,14 +40,6 @@ from .errors import (
     ModelRejected as ModelRejected,
     ProtocolError as ProtocolError,
 )
-from .lifecycle import (
-    CallHandle as CallHandle,
-    CallIds as CallIds,
-    CallSummary as CallSummary,
-    EndReason as EndReason,
-)
-from .media_socket import MediaSocket as MediaSocket
-from .realtime_client import ModelConnector as ModelConnector, model_connector as model_connector
 
 __version__ = "0.1.0"
 
@@ -39,6 +52,7 @@ __all__ = [
     "CallSummary",
     "ConfigError",
     "EndReason",
+    "KeysUnavailable",
     "MediaClosed",
     "MediaSocket",
     "ModelClosed",
@@ -46,6 +60,7 @@ __all__ = [
     "ModelConnector",
     "ModelError",
     "ModelRejected",
+    "ModelSocket",
     "ProtocolError",
     "Settings",
     "model_connector",

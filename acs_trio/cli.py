@@ -12,11 +12,17 @@ import sys
 __all__ = ["main"]
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("acs_trio.server", "run the server (hypercorn, trio worker)"),
-    "peer": ("acs_trio.local_peer.server", "run the local realtime test peer"),
-    "simulate": ("acs_trio.simulator.cli", "play ACS against a running server"),
-    "demo": ("acs_trio.demo", "run one offline demo call end to end and write demo-out/"),
+    "serve": ("acs_trio.control.server", "run the server (hypercorn, trio worker)"),
+    "peer": ("acs_trio.testing.realtime.server", "run the local realtime test peer"),
+    "simulate": ("acs_trio.testing.acs.cli", "play ACS against a running server"),
+    "demo": (
+        "acs_trio.demo.offline_call",
+        "run one offline demo call end to end and write demo-out/",
+    ),
 }
+
+#: ``serve --local-peer`` composes the server with a stand-in, so it lives in the demo wing.
+LOCAL_PEER_SERVE = "acs_trio.demo.serve_local"
 
 USAGE = (
     "usage: acs-trio {"
@@ -35,6 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"acs-trio: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
+    target = SUBCOMMANDS[name][0]
+    if name == "serve" and "--local-peer" in rest:
+        target = LOCAL_PEER_SERVE
+    try:
+        module = importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(("acs_trio.testing", "acs_trio.demo")):
+            # The server image leaves out the stand-ins and the demo (Dockerfile, .dockerignore).
+            print(
+                f"acs-trio: {name!r} needs {exc.name}, which this install leaves out",
+                file=sys.stderr,
+            )
+            return 2
+        raise
     result: int = module.main(rest)
     return result

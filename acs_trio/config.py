@@ -19,6 +19,7 @@ __all__ = [
     "AcsSettings",
     "AgentSettings",
     "CallLimits",
+    "ControlTimeouts",
     "ModelEndpoint",
     "ServerSettings",
     "Settings",
@@ -105,6 +106,51 @@ class CallLimits:
 
 
 @dataclass(frozen=True)
+class ControlTimeouts:
+    """The control plane's deadlines for one call's life (answer, media, hang-up)."""
+
+    #: Whole ``answer_call`` exchange, retries included.
+    answer_s: float = 10.0
+    #: From answering to the media WebSocket connecting; after this the call is hung up.
+    media_connect_s: float = 30.0
+    #: One ``hang_up`` attempt (azure-core's own retries included).
+    hang_up_s: float = 5.0
+    #: All hang-up attempts together (retried on 5xx/network errors with back-off); they run
+    #: shielded, so this is also the shield's deadline.
+    hang_up_total_s: float = 30.0
+    #: After the media socket closed from ACS's side, how long to wait for ``CallDisconnected``
+    #: before hanging up: a closed socket alone does not prove the call is over.
+    disconnect_grace_s: float = 5.0
+    #: Once the call has been asked to end, how long the media route gets to finish before the
+    #: supervisor hangs up anyway (a send to a dead peer can block: hypercorn shields send_all).
+    media_done_after_end_s: float = 5.0
+
+
+# --- server-level limits: one home for every number a reviewer may want to tune -----------------
+
+#: Webhook bodies above this get 413 (Quart's MAX_CONTENT_LENGTH).
+MAX_BODY_BYTES = 1024 * 1024
+#: After ACS disconnects the media socket, the route has this long to finish before it is cancelled.
+MEDIA_DISCONNECT_GRACE_S = 5.0
+#: Largest WebSocket message hypercorn assembles (an ACS 20 ms frame is ~1.4 KB of JSON).
+WEBSOCKET_MAX_MESSAGE_BYTES = 1024 * 1024
+#: After the drain, how long hypercorn waits for the last connections before cancelling them.
+GRACEFUL_TIMEOUT_S = 5.0
+#: Server events waiting in trio-websocket's queue before its reader stops reading the model socket.
+MODEL_MESSAGE_QUEUE_SIZE = 16
+#: IncomingCall event ids / contexts remembered to answer each call once.
+SEEN_EVENTS_MAX = 4096
+#: Hang-up back-off: 0.5, 1, 2, 4, 8, 8... s between attempts, within hang_up_total_s.
+HANG_UP_FIRST_RETRY_S = 0.5
+HANG_UP_MAX_RETRY_S = 8.0
+#: JWT clock-skew leeway, and the JWKS refresh rules (docs/control-plane.md).
+JWT_LEEWAY_S = 60.0
+JWKS_REFRESH_INTERVAL_S = 60.0
+JWKS_EMPTY_RETRY_S = 1.0
+JWKS_FETCH_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
 class AcsSettings:
     """Call Automation resource, public URL and token checks (acs-protocol.md §2, §5)."""
 
@@ -134,7 +180,7 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the server needs.  ``model is None`` means: use the embedded local peer."""
+    """Everything the server needs.  ``acs-trio serve`` requires ``model`` and ``acs``."""
 
     model: ModelEndpoint | None = None
     agent: AgentSettings = field(default_factory=AgentSettings)
@@ -163,6 +209,15 @@ class Settings:
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
         )
+
+    def require_model(self) -> ModelEndpoint:
+        if self.model is None:
+            raise ConfigError(
+                "no realtime model configured: set AZURE_OPENAI_ENDPOINT (with "
+                "AZURE_OPENAI_API_KEY and AZURE_OPENAI_DEPLOYMENT), OPENAI_API_KEY or REALTIME_URL; "
+                "or run `acs-trio serve --local-peer` to answer with the local echo test peer"
+            )
+        return self.model
 
     def require_acs(self) -> AcsSettings:
         if self.acs is None:

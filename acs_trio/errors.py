@@ -14,6 +14,7 @@ names and never on a dependency's::
     │   └── ModelClosed             the open socket closed
     ├── AcsRestError                a Call Automation REST call failed
     └── AuthError                   a JWT or per-call token was refused
+        └── KeysUnavailable         no signing keys could be fetched: cannot check now (503/1011)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "AcsTrioError",
     "AuthError",
     "ConfigError",
+    "KeysUnavailable",
     "MediaClosed",
     "ModelClosed",
     "ModelConnectError",
@@ -86,3 +88,7 @@ class AcsRestError(AcsTrioError):
 
 class AuthError(AcsTrioError):
     """A bearer JWT or a per-call token did not verify."""
+
+
+class KeysUnavailable(AuthError):
+    """No JWKS could be fetched, so no token can be checked now (not the caller's fault)."""

@@ -37,7 +37,7 @@ from bwire import (
 from metrics import Sink, now_ns
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
-from acs_trio.simulator.wire import (
+from acs_trio.testing.acs.wire import (
     audio_metadata,
     cloud_event,
     incoming_call_event,

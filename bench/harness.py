@@ -18,8 +18,8 @@ from fake_model import ModelPeer
 from metrics import Sink
 from server_proc import ServerProcess
 
-from acs_trio.simulator.tls import make_tls_files
-from acs_trio.simulator.tokens import TokenSigner
+from acs_trio.testing.acs.tls import make_tls_files
+from acs_trio.testing.tokens import TokenSigner
 
 
 @dataclass

@@ -25,6 +25,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
+from acs_trio.control.model_ws import WebsocketModelSocket
 from acs_trio.errors import MediaClosed
 
 FRAME_MS = 20
@@ -204,8 +205,9 @@ class FakeModel:
         self._ids = 0
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[WebSocketConnection]:
-        """A ModelConnector: one in-memory socket to this fake per call."""
+    async def connect(self) -> AsyncIterator[WebsocketModelSocket]:
+        """A ModelConnector: one in-memory socket to this fake per call, seen through the
+        production adapter (so ModelClosed translation is what the calls under test get)."""
         async with trio.open_nursery() as nursery:
             client, server = await open_ws_pair(
                 nursery,
@@ -217,7 +219,7 @@ class FakeModel:
             self.nursery.start_soon(self._record, server)
             self.connected.set()
             try:
-                yield client
+                yield WebsocketModelSocket(client)
             finally:
                 nursery.cancel_scope.cancel()
 

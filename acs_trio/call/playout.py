@@ -1,0 +1,200 @@
+"""The one task that writes to the ACS media socket: paced agent audio and StopAudio.
+
+Why pace at all?  ACS queues whatever we send and plays it in order (acs-protocol.md §4.4); the
+model sends its answer faster than real time (realtime-protocol.md §3).  Forwarding unpaced would
+put seconds of audio into ACS's queue, so "ms sent" would say nothing about "ms heard", and the
+truncate after a barge-in would be a guess.  Writing 20 ms frames at real-time pace, at most
+``playout_lead_ms`` ahead, keeps ACS's queue short and makes ``sent`` an upper bound of ``heard``
+that is at most one lead away from it.
+
+Barge-in is synchronous: :meth:`Playout.interrupt` is called from the model task the moment
+``speech_started`` arrives.  In one step, with no checkpoint in between, it drains every queued
+frame, marks the interrupted responses as cut (frames of theirs still in flight are dropped on
+arrival), wakes this task if it is waiting, and returns how much of the current item was sent.
+This task then writes ``StopAudio`` before anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
+
+import trio
+
+from ..errors import MediaClosed
+from ..wire.acs_media import STOP_AUDIO, encode_audio_data
+from .lifecycle import CallSummary
+from .media_socket import MediaSocket
+
+__all__ = ["Interruption", "OutboundFrame", "Playout"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundFrame:
+    """One frame of agent audio at the call's sample rate."""
+
+    #: Sequence number of the model response it belongs to (1, 2, …), assigned by the model task.
+    response_seq: int
+    item_id: str
+    pcm: bytes
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """What a barge-in cut: the item last written to ACS and how many ms of it were sent."""
+
+    item_id: str | None
+    sent_ms: float
+    dropped_frames: int
+
+
+class Playout:
+    """Owns the receive side of the outbound frame channel and the ACS socket's send side."""
+
+    def __init__(
+        self,
+        media: MediaSocket,
+        frames: trio.MemoryReceiveChannel[OutboundFrame],
+        summary: CallSummary,
+        *,
+        lead_ms: int,
+    ) -> None:
+        self._media = media
+        self._frames = frames
+        self._summary = summary
+        self._lead_s = lead_ms / 1000
+        # When ACS will have played everything sent so far (our estimate); nothing sent yet.
+        self._playout_end = float("-inf")
+        self._cut_through_seq = 0
+        self._stop_since: float | None = None
+        self._wait_scope: trio.CancelScope | None = None
+        self._item_id: str | None = None
+        self._item_sent_ms = 0.0
+        self._answer_wait: tuple[float, int] | None = None
+        self._greeting_since: float | None = None
+        #: trio time of the last frame written; the idle watchdog reads it.
+        self.last_write = 0.0
+        #: Set when a write found the ACS socket closed (the caller hung up mid-playout).
+        self.media_closed = False
+
+    # --- called from the model task (synchronous: no checkpoint, so no interleaving) ---------
+
+    def expect_greeting(self, since: float) -> None:
+        self._greeting_since = since
+
+    def expect_answer(self, since: float, after_seq: int) -> None:
+        """The caller's turn ended at ``since``; a later response's first frame is the answer."""
+        self._answer_wait = (since, after_seq)
+
+    def interrupt(self, through_seq: int) -> Interruption | None:
+        """The caller started speaking: stop all agent audio of responses ``<= through_seq``.
+
+        Returns None when nothing was audible or queued (no barge-in), else what was cut.
+        """
+        now = trio.current_time()
+        self._cut_through_seq = max(self._cut_through_seq, through_seq)
+        dropped = 0
+        while True:
+            try:
+                self._frames.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            dropped += 1
+        self._summary.frames_dropped_barge_in += dropped
+        # ACS may still be playing up to one lead past our estimate of its queue's end.
+        playing = now < self._playout_end + self._lead_s
+        if not playing and dropped == 0:
+            return None
+        self._stop_since = now
+        self._playout_end = now
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        return Interruption(self._item_id, self._item_sent_ms, dropped)
+
+    # --- the task ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Write frames until the producer closes the channel or the ACS socket is closed.
+
+        A closed socket is how a hang-up looks from the sending side; it ends this task quietly
+        (``media_closed`` tells the call why) rather than as a crash.
+        """
+        try:
+            await self._run()
+        except MediaClosed:
+            self.media_closed = True
+
+    async def _run(self) -> None:
+        with self._frames:
+            while True:
+                if self._stop_since is not None:
+                    await self._write_stop_audio()
+                    continue
+                # Hot path (performance-notes.md: cost follows scheduler round-trips): a queued
+                # frame is taken without a wait, and only an early frame sleeps.  Every path
+                # that writes checkpoints in media.send().
+                try:
+                    frame = await self._next_frame()
+                except trio.EndOfChannel:
+                    return
+                if frame is None:  # woken by interrupt()
+                    continue
+                if frame.response_seq <= self._cut_through_seq:
+                    self._summary.frames_dropped_barge_in += 1
+                    continue
+                due = self._playout_end - self._lead_s
+                if due > trio.current_time():
+                    await self._wait(partial(trio.sleep_until, due))
+                    if frame.response_seq <= self._cut_through_seq:  # cut while we waited
+                        self._summary.frames_dropped_barge_in += 1
+                        continue
+                await self._write_frame(frame)
+
+    async def _next_frame(self) -> OutboundFrame | None:
+        try:
+            return self._frames.receive_nowait()
+        except trio.WouldBlock:
+            return await self._wait(self._frames.receive)
+
+    async def _wait(self, wait: Callable[[], Awaitable[T]]) -> T | None:
+        """Await ``wait()`` in a scope that :meth:`interrupt` cancels; None if it did.
+
+        Raises:
+            trio.EndOfChannel: from ``receive`` when the producer is gone (ends :meth:`run`).
+        """
+        with trio.CancelScope() as self._wait_scope:
+            try:
+                return await wait()
+            finally:
+                self._wait_scope = None
+        return None
+
+    async def _write_frame(self, frame: OutboundFrame) -> None:
+        if frame.item_id != self._item_id:
+            self._item_id = frame.item_id
+            self._item_sent_ms = 0.0
+        # Counted before the write: once we start writing, ACS may play it.
+        self._item_sent_ms += frame.ms
+        self._playout_end = max(self._playout_end, trio.current_time()) + frame.ms / 1000
+        await self._media.send(encode_audio_data(frame.pcm))
+        written = trio.current_time()
+        self.last_write = written
+        summary = self._summary
+        summary.frames_out += 1
+        if self._greeting_since is not None:
+            summary.greeting_ttfa_ms = (written - self._greeting_since) * 1000
+            self._greeting_since = None
+        if self._answer_wait is not None and frame.response_seq > self._answer_wait[1]:
+            summary.ttfa_ms.append((written - self._answer_wait[0]) * 1000)
+            self._answer_wait = None
+
+    async def _write_stop_audio(self) -> None:
+        assert self._stop_since is not None
+        since, self._stop_since = self._stop_since, None
+        await self._media.send(STOP_AUDIO)
+        self._summary.barge_in_latency_ms.append((trio.current_time() - since) * 1000)

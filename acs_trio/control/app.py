@@ -1,0 +1,309 @@
+"""The Quart-Trio application: webhook routes, the media WebSocket route, health and readiness.
+
+Routes only; the call lifecycle lives in :mod:`acs_trio.control.control_plane`, decoding in
+:mod:`acs_trio.wire.webhook`, token checks in :mod:`acs_trio.control.auth`, REST in :mod:`acs_trio.control.acs_rest`,
+and the call itself in :func:`acs_trio.call.bridge.run_call`.  docs/control-plane.md has the route table
+and the bad-input policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import trio
+from hypercorn.utils import UnexpectedMessageError
+from quart import Response, request, websocket
+
+from ..call.lifecycle import CallSummary
+from ..call.model_socket import ModelConnector
+from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings
+from ..errors import AuthError, KeysUnavailable
+from ..wire.webhook import (
+    BadBody,
+    IncomingCall,
+    Skipped,
+    ValidationRequest,
+    decode_callbacks,
+    decode_event_grid,
+    load_json_array,
+)
+from .acs_rest import HttpTransport, open_acs_rest
+from .auth import JwtVerifier, bearer_token
+from .control_plane import Admission, ControlPlane
+from .model_ws import model_connector
+from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+
+RunCall = Callable[..., Awaitable[CallSummary]]
+
+
+class _Runtime:
+    """What exists only while the app is serving (lifespan): REST client, verifier, calls."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        http_transport: HttpTransport | None,
+        connect_model: ModelConnector | None,
+        timeouts: ControlTimeouts,
+    ) -> None:
+        self.settings = settings
+        self.acs = settings.require_acs()
+        self._http_transport = http_transport
+        self._timeouts = timeouts
+        if connect_model is None:
+            # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
+            connect_model = model_connector(settings.require_model(), settings.limits)
+        self.connect_model: ModelConnector = connect_model
+        self.plane: ControlPlane | None = None
+        self.verifier: JwtVerifier | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with open_acs_rest(
+            self.acs.connection_string, transport=self._http_transport
+        ) as rest:
+            self.verifier = JwtVerifier(
+                rest,
+                jwks_url=self.acs.jwks_url,
+                issuer=self.acs.jwt_issuer,
+                audience=self.acs.resource_id,
+            )
+            plane = ControlPlane(
+                rest,
+                public_base_url=self.acs.public_base_url,
+                max_concurrent_calls=self.settings.server.max_concurrent_calls,
+                timeouts=self._timeouts,
+            )
+            async with trio.open_nursery() as nursery:
+                self.plane = plane
+                await nursery.start(plane.serve)
+                task_status.started()
+                await plane.finished.wait()  # stop(): drained, closed, every supervisor done
+                nursery.cancel_scope.cancel()
+
+    async def stop(self) -> None:
+        if self.plane is not None:
+            await self.plane.drain(self.settings.server.shutdown_grace_s)
+            self.plane.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.plane is not None and self.plane.ready
+
+    async def verify_jwt(self, authorization: str | None) -> None:
+        """Raise :class:`AuthError` (bad token) or :class:`KeysUnavailable` (cannot check now)."""
+        if self.verifier is None:
+            raise KeysUnavailable("not ready: no JWT verifier yet")
+        await self.verifier.verify(bearer_token(authorization))
+
+    async def authenticate(self, authorization: str | None) -> Response | None:
+        """For HTTP callbacks: None if the ACS JWT verifies, else 401 (503 without keys)."""
+        try:
+            await self.verify_jwt(authorization)
+        except KeysUnavailable as exc:
+            logger.warning("%s refused: %s", request_path(), exc)
+            return Response("cannot verify tokens right now\n", 503)
+        except AuthError as exc:
+            logger.warning("%s refused: %s", request_path(), exc)
+            return Response("unauthorized\n", 401)
+        return None
+
+
+def request_path() -> str:
+    """The path for log lines, with the per-call token cut short (it is a secret)."""
+    from quart import has_websocket_context
+
+    path: str = websocket.path if has_websocket_context() else request.path
+    head, sep, token = path.rpartition("/")
+    return f"{head}/{token[:4]}…" if sep and len(token) > 16 else path
+
+
+async def _json_events(max_bytes: int = MAX_BODY_BYTES) -> list[Any] | Response:
+    mimetype = request.mimetype
+    if mimetype and "json" not in mimetype:
+        return Response(f"unsupported content type {mimetype}\n", 415)
+    if request.content_length is not None and request.content_length > max_bytes:
+        return Response("body too large\n", 413)
+    # MAX_CONTENT_LENGTH → 413 for chunked bodies too
+    body = cast(bytes, await request.get_data(as_text=False))
+    try:
+        return load_json_array(body)
+    except BadBody as exc:
+        logger.warning("%s: bad body: %s", request_path(), exc)
+        return Response(f"{exc}\n", 400)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    http_transport: HttpTransport | None = None,
+    run_call: RunCall | None = None,
+    connect_model: ModelConnector | None = None,
+    timeouts: ControlTimeouts | None = None,
+) -> AcsTrioApp:
+    """Build the app.  ``hypercorn --worker-class trio 'acs_trio.control.app:create_app()'`` works as is.
+
+    ``http_transport`` replaces the network for ACS REST and JWKS (tests pass
+    ``httpx.MockTransport``); ``run_call``/``connect_model`` replace the call bridge / model socket.
+    """
+    settings = Settings.from_env() if settings is None else settings
+    if run_call is None:
+        from ..call.bridge import run_call as real_run_call
+
+        run_call = real_run_call
+    call_runner: RunCall = run_call
+    timeouts = ControlTimeouts() if timeouts is None else timeouts
+    rt = _Runtime(settings, http_transport, connect_model, timeouts)
+    app = AcsTrioApp(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # quart-trio puts this deadline on the lifespan nursery at shutdown: room for the drain.
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = (
+        settings.server.shutdown_grace_s + timeouts.hang_up_total_s + 10
+    )
+    app.extensions["acs_trio"] = rt
+
+    @app.before_serving
+    async def start() -> None:
+        await app.nursery.start(rt.serve)
+
+    @app.after_serving
+    async def stop() -> None:
+        await rt.stop()
+
+    # Route functions are async even without an await: Quart runs sync views in a thread.
+    @app.get("/healthz")
+    async def healthz() -> dict[str, object]:  # noqa: ASYNC124 - Quart runs sync views in threads
+        # Liveness, plus what an operator (and the leak check in bench/) wants to see.
+        plane = rt.plane
+        return {
+            "status": "ok",
+            "calls": 0 if plane is None else len(plane.calls),
+            "draining": False if plane is None else plane.draining,
+        }
+
+    @app.get("/readyz")
+    async def readyz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
+        return Response("ready\n", 200) if rt.ready else Response("not ready\n", 503)
+
+    @app.route("/api/incomingCall", methods=["OPTIONS"], provide_automatic_options=False)
+    async def incoming_call_handshake() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
+        # CloudEvents abuse protection (acs-protocol.md §1.1, Event Grid webhook-event-delivery).
+        origin = request.headers.get("WebHook-Request-Origin")
+        if not origin:
+            return Response("missing WebHook-Request-Origin\n", 400)
+        logger.info("CloudEvents handshake from %s", origin)
+        headers = {"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"}
+        return Response("", 200, headers=headers)
+
+    @app.post("/api/incomingCall")
+    async def incoming_call() -> Response | dict[str, str]:
+        events = await _json_events()
+        if isinstance(events, Response):
+            return events
+        validation: str | None = None
+        for item in decode_event_grid(events):
+            if isinstance(item, ValidationRequest):
+                logger.info("Event Grid subscription validation (event %s)", item.event_id)
+                validation = validation or item.validation_code
+            elif isinstance(item, IncomingCall):
+                outcome = rt.plane.admit(item) if rt.plane is not None else Admission.NOT_READY
+                log = (
+                    logger.info
+                    if outcome in {Admission.ANSWERING, Admission.DUPLICATE}
+                    else logger.warning
+                )
+                log(
+                    "IncomingCall event=%s corr=%s server_call_id=%s caller=%s: %s",
+                    item.event_id,
+                    item.correlation_id or "-",
+                    item.server_call_id or "-",
+                    item.caller,
+                    outcome,
+                )
+            else:
+                _log_skipped("incomingCall", item)
+        if validation is not None:
+            return {"validationResponse": validation}
+        return Response("", 200)
+
+    @app.post("/api/callbacks/<token>")
+    async def callbacks(token: str) -> Response:
+        refusal = await rt.authenticate(request.headers.get("Authorization"))
+        if refusal is not None:
+            return refusal
+        events = await _json_events()
+        if isinstance(events, Response):
+            return events
+        for item in decode_callbacks(events):
+            if isinstance(item, Skipped):
+                _log_skipped(request_path(), item)
+            elif rt.plane is not None:
+                rt.plane.on_callback(token, item)
+        return Response("", 200)
+
+    @app.websocket("/ws/<token>")
+    async def media(token: str) -> Response | None:
+        ws = cast(MediaWebsocket, cast(Any, websocket)._get_current_object())
+        plane = rt.plane
+        if plane is None:
+            return Response("not ready\n", 503)
+        if token not in plane.calls:  # before any JWKS work: junk URLs cost nothing
+            logger.warning("%s refused: unknown or finished call token", request_path())
+            return Response("forbidden\n", 403)
+        # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
+        # Authorization; take either.
+        authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
+        try:
+            await rt.verify_jwt(authorization)
+        except KeysUnavailable as exc:
+            # §5.2: a failed check is refused (HTTP 401 below); "other errors" close with 1011.
+            logger.warning("%s refused with close 1011: %s", request_path(), exc)
+            with contextlib.suppress(
+                UnexpectedMessageError, RuntimeError, trio.BrokenResourceError
+            ):
+                await ws.accept()
+                await ws.close(1011, "cannot verify tokens right now")
+            return None
+        except AuthError as exc:
+            logger.warning("%s refused: %s", request_path(), exc)
+            return Response("unauthorized\n", 401)
+        record = plane.claim_media(token, ws.headers.get("x-ms-call-connection-id", ""))
+        if isinstance(record, str):
+            logger.warning("%s refused: %s", request_path(), record)
+            return Response("forbidden\n", 403)
+        if "permessage-deflate" in ws.headers.get("Sec-WebSocket-Extensions", ""):
+            # hypercorn 0.18 always accepts it when offered (no switch): CPU for little gain.
+            logger.info("%s ACS offered permessage-deflate; hypercorn will accept it", record.ids)
+        logger.info(
+            "%s media socket connected (x-ms-call-correlation-id=%s)",
+            record.ids,
+            ws.headers.get("x-ms-call-correlation-id", "-"),
+        )
+        try:
+            # Inside the try: a failed or cancelled accept must still report media_done.
+            await ws.accept()
+            record.summary = await call_runner(
+                QuartMediaSocket(ws),
+                rt.connect_model,
+                handle=record.handle,
+                agent=settings.agent,
+                limits=settings.limits,
+            )
+        finally:
+            record.media_done.set()
+        return None
+
+    return app
+
+
+def _log_skipped(where: str, item: Skipped) -> None:
+    logger.warning(
+        "%s: event %s (%s) ignored: %s", where, item.event_id, item.event_type, item.reason
+    )

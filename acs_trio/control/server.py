@@ -1,0 +1,145 @@
+"""``acs-trio serve`` / ``python -m acs_trio serve``: hypercorn with the Trio worker, drained on signals.
+
+Why not just ``hypercorn --worker-class trio 'acs_trio.control.app:create_app()'`` (which also works): on
+SIGTERM hypercorn stops accepting, gives open connections ``graceful_timeout`` and cancels them,
+and only *then* runs the app's lifespan shutdown.  A call's media WebSocket is an open connection,
+so under plain hypercorn calls are cut when that timeout expires (they are still hung up, by the
+control plane's fallback).  Here the shutdown trigger drains first — ``/readyz`` turns 503, new
+calls are refused, live calls get ``SHUTDOWN_GRACE_S`` and are then ended and hung up — and only
+then lets hypercorn stop.  A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from ..config import GRACEFUL_TIMEOUT_S, WEBSOCKET_MAX_MESSAGE_BYTES, Settings
+from ..errors import ConfigError
+from .app import create_app
+from .quart_media import AcsTrioApp
+
+__all__ = ["Launch", "hypercorn_config", "main", "parser", "prepare", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+def hypercorn_config(host: str, port: int) -> Config:
+    """hypercorn settings for this server.
+
+    permessage-deflate: hypercorn 0.18 accepts it whenever a client offers it (``Handshake.accept``
+    always lists ``PerMessageDeflate()``; there is no setting), so it cannot be refused here.  The
+    media route logs when ACS offers it; performance-notes.md explains why it matters.
+    """
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.accesslog = None  # one line per 20 ms frame would be noise; calls log their own lines
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.include_server_header = False
+    return config
+
+
+async def serve(
+    app: AcsTrioApp,
+    config: Config,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until SIGINT/SIGTERM, draining calls before hypercorn shuts down."""
+    drained = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals, app, drained, nursery.cancel_scope)
+        async with trio.open_nursery() as hypercorn_nursery:
+            binds: list[str] = await hypercorn_nursery.start(
+                partial(hypercorn_serve, app, config, shutdown_trigger=drained.wait)
+            )
+            logger.info("serving on %s", ", ".join(binds))
+            task_status.started(binds)
+        nursery.cancel_scope.cancel()  # hypercorn is done: stop listening for signals
+    logger.info("server stopped")
+
+
+async def _on_signals(app: AcsTrioApp, drained: trio.Event, scope: trio.CancelScope) -> None:
+    """First signal: drain, then let hypercorn stop.  Second signal: stop at once."""
+    draining = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if draining:
+                    logger.warning("%s again: stopping now", name)
+                    scope.cancel()
+                else:
+                    logger.info("%s: draining calls before shutdown", name)
+                    draining = True
+                    nursery.start_soon(_drain, app, drained)
+
+
+async def _drain(app: AcsTrioApp, drained: trio.Event) -> None:
+    try:
+        await app.extensions["acs_trio"].stop()
+    finally:
+        drained.set()
+
+
+def parser(prog: str = "acs-trio serve") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="TCP port (default: PORT or 8000)")
+    parser.add_argument(
+        "--local-peer",
+        action="store_true",
+        help="answer calls with the local ECHO TEST PEER instead of a model (development only)",
+    )
+    return parser
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What ``acs-trio serve`` runs: validated settings and the address to bind."""
+
+    settings: Settings
+    host: str
+    port: int
+
+
+def prepare(argv: list[str], *, need_model: bool = True) -> Launch | int:
+    """Parse arguments and settings; an exit code (and one line on stderr) when they are wrong."""
+    args = parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        settings.require_acs()
+        if need_model:
+            settings.require_model()
+    except ConfigError as exc:
+        print(f"acs-trio serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    host = args.host or settings.server.host
+    port = settings.server.port if args.port is None else args.port
+    return Launch(settings, host, port)
+
+
+def main(argv: list[str]) -> int:
+    if "--local-peer" in argv:
+        # The echo peer lives in the demo wing; the CLI routes `serve --local-peer` there.
+        print("acs-trio serve: --local-peer is handled by `acs-trio serve`", file=sys.stderr)
+        return 2
+    launch = prepare(argv)
+    if isinstance(launch, int):
+        return launch
+    app = create_app(launch.settings)
+    trio.run(serve, app, hypercorn_config(launch.host, launch.port))
+    return 0

@@ -1,0 +1,112 @@
+"""The Realtime codec: GA client events out, GA and beta server events in (realtime-protocol.md)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from acs_trio.config import AgentSettings
+from acs_trio.errors import ProtocolError
+from acs_trio.wire import realtime as rt
+
+
+def test_session_update_is_ga_shaped() -> None:
+    agent = AgentSettings(instructions="Be brief.", voice="cedar", vad_silence_duration_ms=400)
+    event = json.loads(rt.session_update(agent))
+    session = event["session"]
+    assert event["type"] == "session.update"
+    assert session["type"] == "realtime"
+    assert session["output_modalities"] == ["audio"]
+    assert session["instructions"] == "Be brief."
+    assert session["audio"]["output"] == {
+        "format": {"type": "audio/pcm", "rate": 24000},
+        "voice": "cedar",
+    }
+    vad = session["audio"]["input"]["turn_detection"]
+    assert vad == {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 400,
+        "create_response": True,
+        "interrupt_response": True,
+    }
+    assert session["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+    assert session["tools"] == []
+    assert "temperature" not in session  # GA removed it
+
+
+def test_client_events() -> None:
+    assert json.loads(rt.input_audio_append(b"\x00\x01")) == {
+        "type": "input_audio_buffer.append",
+        "audio": base64.b64encode(b"\x00\x01").decode(),
+    }
+    assert json.loads(rt.truncate_item("item_1", 1500)) == {
+        "type": "conversation.item.truncate",
+        "item_id": "item_1",
+        "content_index": 0,
+        "audio_end_ms": 1500,
+    }
+    assert json.loads(rt.response_create()) == {"type": "response.create"}
+    assert json.loads(rt.response_create("Hi")) == {
+        "type": "response.create",
+        "response": {"instructions": "Hi"},
+    }
+
+
+@pytest.mark.parametrize("name", ["response.output_audio.delta", "response.audio.delta"])
+def test_audio_delta_in_ga_and_beta_names(name: str) -> None:
+    event = {"type": name, "response_id": "r", "item_id": "i", "content_index": 0, "delta": "AAE="}
+    assert rt.parse_server_event(json.dumps(event)) == rt.AudioDelta("r", "i", 0, b"\x00\x01")
+
+
+def test_server_events() -> None:
+    parse = rt.parse_server_event
+    assert parse(
+        '{"type": "input_audio_buffer.speech_started", "item_id": "u", "audio_start_ms": 5}'
+    ) == (rt.SpeechStarted("u", 5))
+    assert parse('{"type": "response.created", "response": {"id": "r1"}}') == rt.ResponseCreated(
+        "r1"
+    )
+    done = parse(
+        '{"type": "response.done", "response": {"id": "r1", "status": "cancelled",'
+        ' "status_details": {"type": "cancelled", "reason": "turn_detected"}}}'
+    )
+    assert done == rt.ResponseDone("r1", "cancelled", "turn_detected")
+    error = parse(
+        '{"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired",'
+        ' "message": "m", "param": null, "event_id": "e1"}}'
+    )
+    assert isinstance(error, rt.ErrorEvent) and error.fatal and error.event_id == "e1"
+    assert parse('{"type": "rate_limits.updated"}') == rt.OtherEvent("rate_limits.updated")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{",
+        "[]",
+        '{"type": 1}',
+        '{"type": "response.output_audio.delta", "response_id": "r", "item_id": "i", "delta": "@@"}',
+        '{"type": "response.output_audio.delta", "response_id": "r", "item_id": "i", "delta": "AA=="}',
+        '{"type": "response.created"}',
+    ],
+)
+def test_bad_server_events_raise_protocol_error(raw: str) -> None:
+    with pytest.raises(ProtocolError):
+        rt.parse_server_event(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type": "response.done", "response": "x"}',
+        '{"type": "input_audio_buffer.speech_started", "audio_start_ms": Infinity}',
+        "[" * 100_000,
+    ],
+)
+def test_hostile_server_events_are_protocol_errors(raw: str) -> None:
+    with pytest.raises(ProtocolError):
+        rt.parse_server_event(raw)
