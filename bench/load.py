@@ -3,6 +3,8 @@
     python bench/load.py [run] [--quick] [--levels 1,10,25,...] [--hold 30] [--call-s 30]
     python bench/load.py leak [--calls 2000] [--concurrency 16] [--call-s 2.5]
     python bench/load.py profile --calls 100 [--seconds 30]
+    python bench/load.py --levels 25,50,75 --compare ad65ca8     # same-run A/B against a git ref
+    python bench/load.py --levels 25,50 --arm b20:APPEND_BATCH_MS=20   # A/B of settings
 
 The server runs as its own process pinned to core 0 (``taskset -c 0``); this process (fake ACS
 REST + JWKS over TLS, the fake realtime model, all media clients; asyncio + uvloop + picows +
@@ -52,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="leak: calls at once")
     parser.add_argument("--seconds", type=float, default=30.0, help="profile: sampling time, s")
     parser.add_argument("--keep-going", action="store_true", help="run: do not stop at saturation")
+    parser.add_argument(
+        "--compare",
+        metavar="GIT_REF",
+        help="run: also measure GIT_REF (own worktree + venv under --out), levels alternating",
+    )
+    parser.add_argument(
+        "--arm",
+        action="append",
+        metavar="NAME:VAR=VALUE,...",
+        help="run: also measure this tree with extra server environment (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
     parser.add_argument(
         "--tag", default="", help="label stored in the JSON (e.g. 'before', 'after')"

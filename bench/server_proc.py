@@ -52,12 +52,26 @@ def self_cpu_s() -> float:
 class ServerProcess:
     """``taskset -c <core> python -m acs_trio serve --host 127.0.0.1 --port P`` with the bench env."""
 
-    def __init__(self, env: dict[str, str], out_dir: Path, *, core: int = 0) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        out_dir: Path,
+        *,
+        core: int = 0,
+        python: str = sys.executable,
+        cwd: Path | None = None,
+        label: str = "",
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PUBLIC_BASE_URL": self.url}
-        self.log_path = out_dir / f"server-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        self.env.pop("PYTHONPATH", None)  # each server runs the acs_trio of its own venv/tree
+        slug = "".join(c if c.isalnum() else "-" for c in label) or "server"
+        self.log_path = out_dir / f"server-{time.strftime('%Y%m%d-%H%M%S')}-{slug}.log"
         self.core = core
+        self.python = python
+        self.cwd = cwd
+        self.label = label
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,7 +85,7 @@ class ServerProcess:
             "taskset",
             "-c",
             str(self.core),
-            sys.executable,
+            self.python,
             "-m",
             "acs_trio",
             "serve",
@@ -81,7 +95,7 @@ class ServerProcess:
             str(self.port),
         ]
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting is instant, no wait
-            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
         )
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as http:
