@@ -4,7 +4,8 @@ Task tree (docs/architecture.md has the picture)::
 
     run_call ─ call nursery
                ├── run_acs_side ── acs_scope
-               │     ├── receive_from_acs   ACS socket → [model outbox, 64] → send_to_model
+               │     ├── receive_from_acs   ACS socket → model socket when idle, else
+               │     │                      [model outbox, 64] → send_to_model
                │     ├── run_playout        [outbound frames] → paced AudioData / StopAudio → ACS
                │     └── watchdog           max duration, idle and media timeouts
                └── run_model ── model_connect_scope: open the socket, then model_session_scope:
@@ -42,6 +43,9 @@ from .playout import OutboundFrame, Playout
 __all__ = ["run_call"]
 
 logger = logging.getLogger(__name__)
+
+#: A write from the ACS receive task that takes this long (one ACS frame) counts as a wait.
+_DIRECT_SEND_WAIT_S = 0.02
 
 #: Distinct unknown media kinds counted by name; the rest are counted as "(other)".
 _MAX_UNKNOWN_KINDS = 32
@@ -87,6 +91,9 @@ class _CallBridge:
         # Caller audio → model: a bounded outbox; the producer waits when it is full.
         self.caller_audio = CallerAudio(limits.append_batch_ms)
         self.outbox_send, self.outbox_recv = trio.open_memory_channel[str](limits.model_outbox_size)
+        # The model socket while send_to_model runs; appends in the outbox or being written by it.
+        self.direct_model_ws: ModelSocket | None = None
+        self.outbox_pending = 0
         # Model audio → caller: a bounded frame channel drained by the paced sender.
         self.agent_audio = AgentAudio(limits.frame_ms)
         self.frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
@@ -222,6 +229,11 @@ class _CallBridge:
         message = self.caller_audio.push(audio)
         if message is None:
             return
+        ws = self.direct_model_ws
+        if ws is not None and self.outbox_pending == 0:
+            await self.send_from_receiver(ws, message)
+            return
+        self.outbox_pending += 1  # until send_to_model has written it
         try:
             try:
                 self.outbox_send.send_nowait(message)
@@ -236,7 +248,32 @@ class _CallBridge:
         except trio.BrokenResourceError:
             # The model side has already stopped: the call is ending (its cancellation is on its
             # way to this task); the audio has nowhere to go.
+            self.outbox_pending -= 1
             return
+
+    async def send_from_receiver(self, ws: ModelSocket, message: str) -> None:
+        """Write an append from the ACS receive task itself: one task hand-off less per append.
+
+        Only taken when no earlier append is queued in the outbox or being written by
+        ``send_to_model`` (``outbox_pending == 0``), so no append can overtake another (no
+        reorder), and nothing is dropped.  A socket that cannot
+        take the bytes makes this task wait: the same back-pressure to ACS the outbox gives when
+        full, counted the same way if it takes long.  A closed model socket ends the call exactly
+        as the model side would (MODEL_CLOSED; first cause wins).
+        """
+        self.inbound_blocked = True
+        started = trio.current_time()
+        try:
+            await ws.send(message)
+        except ModelClosed as exc:
+            self.model_closed(exc)
+        finally:
+            self.inbound_blocked = False
+        now = trio.current_time()
+        if now - started >= _DIRECT_SEND_WAIT_S:
+            # The socket did not take it at once: ACS receive waited (counted like a full outbox).
+            self.summary.inbound_waits += 1
+            self.last_acs_message = now
 
     def on_metadata(self, meta: AudioMetadata) -> None:
         try:
@@ -308,9 +345,16 @@ class _CallBridge:
         self.end(EndReason.MODEL_CLOSED, str(exc))
 
     async def send_to_model(self, ws: ModelSocket) -> None:
-        with self.outbox_recv:
-            async for message in self.outbox_recv:
-                await ws.send(message)
+        # While this task runs, the ACS receive task writes appends itself whenever no earlier
+        # append is queued or being written here (send_from_receiver; outbox_pending counts them).
+        self.direct_model_ws = ws
+        try:
+            with self.outbox_recv:
+                async for message in self.outbox_recv:
+                    await ws.send(message)
+                    self.outbox_pending -= 1
+        finally:
+            self.direct_model_ws = None
 
     async def receive_from_model(self, ws: ModelSocket) -> None:
         with self.frames_send:
