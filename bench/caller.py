@@ -170,6 +170,8 @@ class Call:
         self.cur_resp = -1
         self.cut_resp = -2
         self.resp_start = 0
+        self.resp_ms: dict[int, int] = {}  # agent audio received per response, ms
+        self.heard_at_stop: dict[int, float] = {}  # ms of the response heard when StopAudio came
         self.lead_ns = gen.lead_ms * 1_000_000
         self.play_end = 0
         self.frames_out = 0
@@ -390,6 +392,7 @@ class Call:
                 continue
             _, resp, frame, sent = marker
             self.cur_resp = resp
+            self.resp_ms[resp] = self.resp_ms.get(resp, 0) + 20
             if frame == 0:
                 self.resp_start = t
                 self.first_frames.add(resp)
@@ -411,6 +414,9 @@ class Call:
         self.play_end = max(self.play_end, t) + frames * FRAME_NS
 
     def on_stop_audio(self, t: int) -> None:
+        # What the caller has heard of the cut response: received minus still queued at ACS.
+        queued_ms = max(0, self.play_end - t) / 1e6
+        self.heard_at_stop[self.cur_resp] = self.resp_ms.get(self.cur_resp, 0) - queued_ms
         self.cut_resp = self.cur_resp
         self.play_end = 0
         if self.barges_matched < len(self.barge_sent):

@@ -365,6 +365,14 @@ class ModelSocket(WSListener):
 
     def on_truncate(self, event: dict[str, Any]) -> None:
         self.peer.sink.events.add("truncate")
+        # Truncate precision: the server's audio_end_ms against what the caller had heard when
+        # StopAudio reached ACS (positive: the model will believe more was heard than was).
+        item = str(event.get("item_id", ""))
+        if self.call is not None and item.startswith("item_a") and item[6:].isdigit():
+            heard = self.call.heard_at_stop.get(int(item[6:]))
+            if heard is not None:
+                error = float(event.get("audio_end_ms", 0)) - heard
+                self.peer.sink.truncate_err.add(now_ns(), error)
         self.send(
             json.dumps(
                 {

@@ -34,6 +34,7 @@ async def smoke_main(args: argparse.Namespace) -> int:
             "hop_out",
             "out_pacing",
             "hop_out_first",
+            "truncate_err",
             "ttfa",
             "barge",
             "teardown",
@@ -164,6 +165,7 @@ def level_row(
         hop_out_first=summary(sink.hop_out_first.window(t0, t1)),
         out_pacing=summary(sink.out_pacing.window(t0, t1)),
         out_total=summary(sink.out_total.window(t0, t1)),
+        truncate_err=summary(sink.truncate_err.window(t0, t1)),
     )
 
 
@@ -214,12 +216,15 @@ async def run_main(args: argparse.Namespace) -> int:
         for i, n in enumerate(levels):
             # A/B: the arms take turns at each level, in alternating order (ABBA...), one loaded
             # at a time on the same core, so slow drift of the machine's load hits both alike.
-            order = [
-                label for label in (labels if i % 2 == 0 else labels[::-1]) if label not in done
+            turns = [
+                (r, label)
+                for r in range(args.rounds)
+                for label in (labels if (i + r) % 2 == 0 else labels[::-1])
+                if label not in done
             ]
-            if not order:
+            if not turns:
                 break
-            for label in order:
+            for r, label in turns:
                 url = bench.servers[label].url
                 slots = live_slots.get(label)
                 if slots is None:
@@ -232,6 +237,7 @@ async def run_main(args: argparse.Namespace) -> int:
                 await asyncio.sleep(hold)
                 b = snapshot(bench, label)
                 row = level_row(bench, n, a, b, idle[label].rss_kb, arm=label)
+                row.round = r
                 rows.append(row)
                 timeline.append(
                     {
@@ -259,8 +265,16 @@ async def run_main(args: argparse.Namespace) -> int:
         after = {label: snapshot(bench, label) for label in labels}
         log_lines = {label: bench.servers[label].log_lines() for label in labels}
         open_model = bench.peer.open_sockets
-    held = {
-        label: max((r.calls for r in rows if r.arm == label and r.ok(TARGET_P99_MS)), default=None)
+    held = {  # every round at that level held
+        label: max(
+            (
+                r.calls
+                for r in rows
+                if r.arm == label
+                and all(o.ok(TARGET_P99_MS) for o in rows if o.arm == label and o.calls == r.calls)
+            ),
+            default=None,
+        )
         for label in labels
     }
     result = {
@@ -278,6 +292,8 @@ async def run_main(args: argparse.Namespace) -> int:
             "call_s": call_s,
             "ramp_rate": args.ramp_rate,
             "model_link": "wss (local CA)",
+            "nice": args.nice,
+            "rounds": args.rounds,
         },
         "idle": {
             label: {
@@ -321,13 +337,20 @@ async def run_main(args: argparse.Namespace) -> int:
 
 
 def ratios(rows: list[LevelRow], labels: list[str]) -> dict[str, dict[int, float]]:
-    """CPU-s per call-minute of the first arm divided by each other arm's, level by level."""
-    cost = {(r.arm, r.calls): r.cpu_s_per_call_min for r in rows}
+    """CPU-s per call-minute of the first arm divided by each other arm's, level by level
+    (CPU seconds and call-minutes summed over the rounds)."""
+    cpu: dict[tuple[str, int], float] = {}
+    minutes: dict[tuple[str, int], float] = {}
+    for r in rows:
+        key = (r.arm, r.calls)
+        call_min = r.calls * r.window_s / 60
+        cpu[key] = cpu.get(key, 0.0) + (r.cpu_s_per_call_min or 0.0) * call_min
+        minutes[key] = minutes.get(key, 0.0) + call_min
     out: dict[str, dict[int, float]] = {}
     for label in labels[1:]:
         out[label] = {}
-        for (arm, n), mine in cost.items():
-            other = cost.get((label, n))
+        for (arm, n), mine in cpu.items():
+            other = cpu.get((label, n))
             if arm == labels[0] and mine and other:
-                out[label][n] = round(mine / other, 3)
+                out[label][n] = round((mine / minutes[(arm, n)]) / (other / minutes[(label, n)]), 3)
     return out

@@ -15,6 +15,7 @@ the results.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         help="run: also measure GIT_REF (own worktree + venv under --out), levels alternating",
     )
     parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="scheduling niceness for this process and the servers (negative needs root): "
+        "on a machine shared with other work, keeps the measured processes from being starved",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run with several arms: turns per arm at each level (ABBA order)",
+    )
+    parser.add_argument(
         "--arm",
         action="append",
         metavar="NAME:VAR=VALUE,...",
@@ -72,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pin_to_core(1)
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        os.environ["BENCH_NICE"] = str(args.nice)  # the servers get it too (server_proc.py)
     if args.mode == "leak":
         from leak import leak_main as target
     elif args.mode == "profile":

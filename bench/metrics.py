@@ -82,6 +82,8 @@ class Sink:
     out_pacing: Series = field(default_factory=Series)
     out_total: Series = field(default_factory=Series)
     hop_out_first: Series = field(default_factory=Series)  # first frame of each response only
+    # conversation.item.truncate audio_end_ms − ms the caller had heard at StopAudio
+    truncate_err: Series = field(default_factory=Series)
     ttfa: Series = field(default_factory=Series)  # speech_stopped sent → first answer frame at ACS
     barge: Series = field(default_factory=Series)  # barge speech_started sent → StopAudio at ACS
     teardown: Series = field(default_factory=Series)  # ACS close sent → model sees server's close

@@ -35,6 +35,8 @@ class LevelRow:
     hop_out_first: Stats = field(default_factory=dict)
     out_pacing: Stats = field(default_factory=dict)
     out_total: Stats = field(default_factory=dict)
+    truncate_err: Stats = field(default_factory=dict)
+    round: int = 0
 
     def ok(self, p99_ms: float) -> bool:
         p99s = [self.hop_in["p99"], self.hop_out["p99"]]

@@ -97,6 +97,9 @@ class ServerProcess:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting is instant, no wait
             cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
         )
+        nice = int(os.environ.get("BENCH_NICE", "0"))
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, nice)
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as http:
             while True:
