@@ -293,6 +293,7 @@ async def run_main(args: argparse.Namespace) -> int:
             "ramp_rate": args.ramp_rate,
             "model_link": "wss (local CA)",
             "nice": args.nice,
+            "sched_rr_priority": args.rt,
             "rounds": args.rounds,
         },
         "idle": {

@@ -100,6 +100,9 @@ class ServerProcess:
         nice = int(os.environ.get("BENCH_NICE", "0"))
         if nice:
             os.setpriority(os.PRIO_PROCESS, self.proc.pid, nice)
+        rt = int(os.environ.get("BENCH_RT", "0"))
+        if rt:
+            os.sched_setscheduler(self.proc.pid, os.SCHED_RR, os.sched_param(rt))
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as http:
             while True:
