@@ -34,6 +34,7 @@ from ..wire import realtime as rt
 from ..wire.acs_media import AudioData, AudioMetadata, DtmfData, UnknownKind, parse_acs_message
 from .agent_audio import AgentAudio
 from .caller_audio import CallerAudio
+from .events import CallEvent, CallEventSink
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
 from .model_socket import ModelConnector, ModelSocket
@@ -54,12 +55,16 @@ async def run_call(
     handle: CallHandle,
     agent: AgentSettings,
     limits: CallLimits,
+    events: CallEventSink | None = None,
 ) -> CallSummary:
     """Bridge one call until it ends; see the module docstring.
 
+    ``events``, if given, is called with each :data:`~acs_trio.call.events.CallEvent` (transcripts,
+    latencies, barge-ins, the end); it must not block or raise.
+
     Never raises, except ``trio.Cancelled`` from an enclosing scope (after the same cleanup).
     """
-    return await _CallBridge(media, handle, agent, limits).run(connect_model)
+    return await _CallBridge(media, handle, agent, limits, events).run(connect_model)
 
 
 class _CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -71,9 +76,15 @@ class _CallBridge:
     """All state of one call lives here and dies with it: nothing is shared between calls."""
 
     def __init__(
-        self, media: MediaSocket, handle: CallHandle, agent: AgentSettings, limits: CallLimits
+        self,
+        media: MediaSocket,
+        handle: CallHandle,
+        agent: AgentSettings,
+        limits: CallLimits,
+        events: CallEventSink | None = None,
     ) -> None:
         self.media = media
+        self.events = events
         self.handle = handle
         self.agent = agent
         self.limits = limits
@@ -92,7 +103,9 @@ class _CallBridge:
         self.frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
             max(1, limits.outbound_buffer_ms // limits.frame_ms)
         )
-        self.playout = Playout(media, frames_recv, self.summary, lead_ms=limits.playout_lead_ms)
+        self.playout = Playout(
+            media, frames_recv, self.summary, lead_ms=limits.playout_lead_ms, events=events
+        )
         # Cancelled by end(); created up front so an early end applies the moment they are entered.
         self.acs_scope = trio.CancelScope()
         self.model_connect_scope = trio.CancelScope()
@@ -103,6 +116,7 @@ class _CallBridge:
 
     async def run(self, connect_model: ModelConnector) -> CallSummary:
         self.log.info("call started")
+        self.emit({"type": "call_started", "call_id": self.handle.ids.call_id})
         self.handle.bind(self.on_end)
         try:
             async with trio.open_nursery() as nursery:
@@ -122,8 +136,13 @@ class _CallBridge:
             summary.ended_at = trio.current_time()
             summary.end_reason, summary.end_detail = reason, detail
             self.log.info("call ended %s", summary.log_fields())
+            self.emit(_ended_event(summary))
             self.handle.finished.set()
         return summary
+
+    def emit(self, event: CallEvent) -> None:
+        if self.events is not None:
+            self.events(event)
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         if self.handle.end_request is None:
@@ -332,6 +351,7 @@ class _CallBridge:
         elif isinstance(event, rt.SpeechStopped):
             self.last_speech = now = trio.current_time()
             self.summary.turns += 1
+            self.emit({"type": "speech_stopped", "turn": self.summary.turns})
             self.playout.expect_answer(now, self.agent_audio.latest_seq)
         elif isinstance(event, rt.ResponseCreated):
             self.agent_audio.seq_of(event.response_id)
@@ -352,11 +372,21 @@ class _CallBridge:
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)
         elif isinstance(event, rt.OutputTranscript | rt.InputTranscript):
             self.log.debug("%s: %s", type(event).__name__, event.transcript)
+            role = "agent" if isinstance(event, rt.OutputTranscript) else "caller"
+            self.emit(
+                {
+                    "type": "transcript",
+                    "role": role,
+                    "item_id": event.item_id,
+                    "text": event.transcript,
+                }
+            )
 
     async def on_speech_started(self, ws: ModelSocket) -> None:
         self.last_speech = trio.current_time()
         # Every response so far is now interrupted: none of its audio may reach the caller.
         cut = self.playout.interrupt(self.agent_audio.cut_all())
+        self.emit({"type": "speech_started", "barge_in": cut is not None})
         if cut is None:
             return
         self.summary.barge_ins += 1
@@ -386,3 +416,17 @@ class _CallBridge:
                     await self.frames_send.send(frame)
         except trio.BrokenResourceError:
             return  # the sender has stopped: the call is ending; nobody would hear it
+
+
+def _ended_event(summary: CallSummary) -> CallEvent:
+    return {
+        "type": "call_ended",
+        "reason": summary.end_reason.value,
+        "detail": summary.end_detail,
+        "duration_s": round(summary.duration_s, 3),
+        "turns": summary.turns,
+        "barge_ins": summary.barge_ins,
+        "frames_in": summary.frames_in,
+        "frames_out": summary.frames_out,
+        "bad_acs_messages": summary.bad_acs_messages,
+    }
