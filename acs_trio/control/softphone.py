@@ -258,7 +258,11 @@ def install_softphone(
             logger.warning("softphone: media socket refused: unknown, used or ended call")
             return Response("forbidden\n", 403)
         ws = cast(MediaWebsocket, cast(Any, websocket)._get_current_object())
-        logger.info("%s softphone media socket connected", call.handle.ids)
+        logger.info(
+            "%s softphone media socket connected (extensions offered: %s)",
+            call.handle.ids,
+            ws.headers.get("Sec-WebSocket-Extensions", "none"),
+        )
         try:
             with call.events_send:
                 await ws.accept()

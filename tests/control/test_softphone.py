@@ -66,6 +66,7 @@ def audio_frame(pcm: bytes) -> str:
 
 @dataclass
 class Phone:
+    app: Any
     client: Any
     model: FakeModel
     nursery: trio.Nursery
@@ -82,7 +83,7 @@ async def phone(nursery: trio.Nursery, agent: AgentSettings | None = None) -> As
     settings = Settings(agent=agent or AgentSettings(greeting=None))
     app = create_phone_app(settings, SoftphoneSettings(token=TOKEN), model.connect)
     async with app.test_app() as test_app:
-        yield Phone(test_app.test_client(), model, nursery)
+        yield Phone(app, test_app.test_client(), model, nursery)
 
 
 async def next_event(ws: Any) -> dict[str, Any]:
@@ -362,3 +363,21 @@ async def test_a_page_that_never_opens_media_is_released(
         assert trio.current_time() - start == SOFTPHONE_MEDIA_CONNECT_S
         assert await refusal(p.client, hello["media_path"]) == 403
         assert not p.model.connected.is_set()
+
+
+async def test_shutdown_ends_browser_calls(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with phone(nursery) as p, p.events() as events:
+        hello = await next_event(events)
+        async with p.client.websocket(hello["media_path"]) as media:
+            await media.send(metadata())
+            await p.model.connected.wait()
+            calls = p.app.extensions["acs_trio"]
+            await calls.stop()  # what `serve` runs on SIGINT/SIGTERM
+            assert calls.calls == {}
+            assert await close_code(media) == 1001
+        ended = await events_until(events, "call_ended")
+        assert ended[-1]["reason"] == "shutdown"
+        # Draining: no new call.
+        assert await refusal(p.client, f"{PAGE}/events") == 503

@@ -20,4 +20,4 @@ def phone(tmp_path: Path) -> Iterator[BrowserPhone]:
         yield browser_phone
         assert browser_phone.page_errors == []
     finally:
-        assert browser_phone.close() == 0
+        assert browser_phone.close_all() == 0

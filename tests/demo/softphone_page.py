@@ -123,14 +123,14 @@ class PhoneServer:
         return self.proc.returncode
 
 
-class BrowserPhone:
-    """The server, one Chromium with a fake microphone, and one page on the softphone URL."""
+class BrowserPage:
+    """One Chromium with a fake microphone playing ``wav``, and one page on ``url``."""
 
-    def __init__(self, wav: Path, screenshot: Path | None = None) -> None:
+    def __init__(self, url: str, wav: Path, screenshot: Path | None = None) -> None:
         from playwright.sync_api import sync_playwright
 
         self.screenshot = screenshot
-        self.server = PhoneServer()
+        self.page_errors: list[str] = []
         self._pw = sync_playwright().start()
         try:
             self.browser = self._pw.chromium.launch(
@@ -148,9 +148,8 @@ class BrowserPhone:
             self.page = self.browser.new_page(
                 viewport={"width": 1100, "height": 760}, bypass_csp=True
             )
-            self.page_errors: list[str] = []
             self.page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
-            self.page.goto(self.server.url)
+            self.page.goto(url)
         except BaseException:
             self.close()
             raise
@@ -158,16 +157,31 @@ class BrowserPhone:
     def counter(self, element_id: str) -> int:
         return int(self.page.inner_text(f"#{element_id}"))
 
-    def server_line(self, pattern: str, *, timeout_s: float) -> str:
-        return self.server.wait_line(pattern, timeout_s=timeout_s)
-
     def screenshot_if_asked(self) -> None:
         if self.screenshot is not None:
             self.page.screenshot(path=str(self.screenshot), full_page=True)
 
-    def close(self) -> int:
+    def close(self) -> None:
         with contextlib.suppress(Exception):
             self.browser.close()
         with contextlib.suppress(Exception):
             self._pw.stop()
+
+
+class BrowserPhone(BrowserPage):
+    """``acs-trio phone`` (:class:`PhoneServer`) and a :class:`BrowserPage` on its URL."""
+
+    def __init__(self, wav: Path, screenshot: Path | None = None) -> None:
+        self.server = PhoneServer()
+        try:
+            super().__init__(self.server.url, wav, screenshot)
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def server_line(self, pattern: str, *, timeout_s: float) -> str:
+        return self.server.wait_line(pattern, timeout_s=timeout_s)
+
+    def close_all(self) -> int:
+        self.close()
         return self.server.stop()

@@ -324,7 +324,7 @@ function render() {
   $("events").textContent = c.events;
   const db = state.level > 0 ? 20 * Math.log10(state.level) : -Infinity;
   $("mic-level").value = Math.max(0, Math.min(1, (db + 60) / 60));
-  $("mic-db").textContent = Number.isFinite(db) ? `${db.toFixed(0)} dBFS` : "–";
+  $("mic-db").textContent = db > -90 ? `${db.toFixed(0)} dBFS` : "silence";
   $("greeting-ttfa").textContent = state.greetingMs === null ? "–" : state.greetingMs.toFixed(0);
   $("server-ttfa").textContent = fmt(state.serverTtfaMs);
   $("page-ttfa").textContent = fmt(state.pageTtfaMs);
