@@ -76,6 +76,9 @@ class FakeRealtime:
                 self.seen.append(event)
                 if event["type"] == "input_audio_buffer.append":
                     self.appended.set()
+                if event["type"] == "session.update":  # the bridge waits for the confirmation
+                    updated = {"type": "session.updated", "session": event["session"]}
+                    await ws.send_message(json.dumps(updated))
                 if event["type"] == "response.create":
                     for message in _greeting():
                         await ws.send_message(json.dumps(message))
