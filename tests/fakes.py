@@ -257,8 +257,8 @@ class FakeModel:
         self.reading = True
         self.answer_session_update = True
         self.reject_session_update = False
-        #: Refuse the next handshakes with these HTTP statuses (then accept).
-        self.refuse_with: list[int] = []
+        #: Refuse the next handshakes with these (HTTP status, Retry-After s), then accept.
+        self.refuse_with: list[tuple[int, float | None]] = []
         self._resume = trio.Event()
         self._ids = 0
 
@@ -274,8 +274,8 @@ class FakeModel:
 
         await trio.sleep(self.connect_delay_s)  # DNS + TCP + TLS + HTTP upgrade
         if self.refuse_with:
-            status = self.refuse_with.pop(0)
-            raise ModelRejected(f"HTTP {status}", status_code=status, retry_after_s=None)
+            status, retry_after = self.refuse_with.pop(0)
+            raise ModelRejected(f"HTTP {status}", status_code=status, retry_after_s=retry_after)
         async with trio.open_nursery() as nursery:
 
             def wrap(stream: trio.abc.Stream) -> trio.abc.Stream:
@@ -448,3 +448,61 @@ class FakeModel:
             await self.audio_delta(response_id, item_id, pcm_tone(chunk_ms, value))
         await self.finish_response(response_id, item_id)
         return response_id, item_id
+
+    async def output_item_added(self, response_id: str, item_id: str) -> None:
+        await self.send(
+            {
+                "type": "response.output_item.added",
+                "event_id": self.next_id("event"),
+                "response_id": response_id,
+                "output_index": 0,
+                "item": {
+                    "id": item_id,
+                    "object": "realtime.item",
+                    "type": "message",
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                },
+            }
+        )
+
+    async def transcript_delta(self, response_id: str, item_id: str, text: str) -> None:
+        await self.send(
+            {
+                "type": "response.output_audio_transcript.delta",
+                "event_id": self.next_id("event"),
+                "response_id": response_id,
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": text,
+            }
+        )
+
+    async def caller_transcript(self, item_id: str, text: str) -> None:
+        await self.send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "event_id": self.next_id("event"),
+                "item_id": item_id,
+                "content_index": 0,
+                "transcript": text,
+            }
+        )
+
+    async def response_done(
+        self, response_id: str, status: str, details: dict[str, Any] | None = None
+    ) -> None:
+        await self.send(
+            {
+                "type": "response.done",
+                "event_id": self.next_id("event"),
+                "response": {
+                    "object": "realtime.response",
+                    "id": response_id,
+                    "status": status,
+                    "status_details": details,
+                },
+            }
+        )

@@ -140,6 +140,7 @@ class _CallBridge:
         self.gap_audio: deque[str] = deque(
             maxlen=max(1, limits.model_gap_audio_ms // limits.append_batch_ms)
         )
+        self.unsent: str | None = None
         self.link_dead = False
         self.recycle_requested = self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
@@ -452,6 +453,9 @@ class _CallBridge:
 
     async def flush_gap_audio(self, ws: ModelSocket) -> None:
         """Caller audio of the gap goes to the new session, oldest first, before new audio."""
+        if self.unsent is not None:
+            await ws.send(self.unsent)
+            self.unsent = None
         while True:
             try:
                 message = self.outbox_recv.receive_nowait()
@@ -503,7 +507,11 @@ class _CallBridge:
 
     async def send_to_model(self, ws: ModelSocket) -> None:
         async for message in self.outbox_recv:
-            await ws.send(message)
+            try:
+                await ws.send(message)
+            except ModelClosed:
+                self.unsent = message  # the next session gets it first: no caller audio lost
+                raise
 
     async def receive_from_model(self, ws: ModelSocket) -> None:
         while True:

@@ -19,7 +19,7 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings
+from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings, model_shutdown_warning
 from ..errors import AuthError, KeysUnavailable
 from ..wire.webhook import (
     BadBody,
@@ -62,6 +62,8 @@ class _Runtime:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
         self.connect_model: ModelConnector = connect_model
+        if (warning := model_shutdown_warning(settings.agent.model)) is not None:
+            logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
 
@@ -80,6 +82,7 @@ class _Runtime:
                 public_base_url=self.acs.public_base_url,
                 max_concurrent_calls=self.settings.server.max_concurrent_calls,
                 timeouts=self._timeouts,
+                connect_model=self.connect_model,
             )
             async with trio.open_nursery() as nursery:
                 self.plane = plane
@@ -291,7 +294,7 @@ def create_app(
             await ws.accept()
             record.summary = await call_runner(
                 QuartMediaSocket(ws),
-                rt.connect_model,
+                rt.connect_model if record.predial is None else record.predial.connector(),
                 handle=record.handle,
                 agent=settings.agent,
                 limits=settings.limits,

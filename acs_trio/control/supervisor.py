@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..call.lifecycle import CallHandle, CallIds, CallSummary, EndReason
+from ..call.predial import PreDial
 from ..config import HANG_UP_FIRST_RETRY_S, HANG_UP_MAX_RETRY_S, ControlTimeouts
 from ..errors import AcsRestError
 from ..wire.webhook import IncomingCall
@@ -44,6 +45,8 @@ class CallRecord:
     stop_requested: trio.Event = field(default_factory=trio.Event)
     media_connected: trio.Event = field(default_factory=trio.Event)
     media_done: trio.Event = field(default_factory=trio.Event)
+    #: The model socket dialled at admission (issue 10); the media route's run_call adopts it.
+    predial: PreDial | None = None
 
     @property
     def ids(self) -> CallIds:
