@@ -260,7 +260,14 @@ class FakeModel:
         #: Refuse the next handshakes with these (HTTP status, Retry-After s), then accept.
         self.refuse_with: list[tuple[int, float | None]] = []
         self._resume = trio.Event()
+        self._arrived = trio.Event()
         self._ids = 0
+
+    async def wait_for(self, type_: str) -> dict[str, Any]:
+        """The first client event of this type on the latest connection, once it has arrived."""
+        while not self.events(type_):
+            await self._arrived.wait()
+        return self.events(type_)[0]
 
     @property
     def seen(self) -> Seen:
@@ -322,6 +329,8 @@ class FakeModel:
                 return
             message = json.loads(raw)
             seen.messages.append((trio.current_time(), message))
+            self._arrived.set()
+            self._arrived = trio.Event()
             if message.get("type") == "session.update" and self.answer_session_update:
                 with contextlib.suppress(ConnectionClosed):
                     await ws.send_message(json.dumps(self._session_updated(message)))

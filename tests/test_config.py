@@ -107,3 +107,17 @@ def test_a_plain_http_azure_endpoint_means_a_plain_ws_socket() -> None:
     ).model
     assert model is not None
     assert model.url == "ws://127.0.0.1:9000/openai/v1/realtime?model=d"
+
+
+def test_default_model_is_current_and_shutdown_names_are_warned() -> None:
+    from acs_trio.config import (
+        DEFAULT_REALTIME_MODEL,
+        REALTIME_MODEL_SHUTDOWNS,
+        model_shutdown_warning,
+    )
+
+    assert DEFAULT_REALTIME_MODEL not in REALTIME_MODEL_SHUTDOWNS
+    assert Settings.from_env({}).agent.model == DEFAULT_REALTIME_MODEL
+    assert model_shutdown_warning(DEFAULT_REALTIME_MODEL) is None
+    warning = model_shutdown_warning("gpt-realtime")
+    assert warning is not None and "2027-01-20" in warning and "gpt-realtime-2.1" in warning

@@ -34,7 +34,6 @@ class PreDial:
         self._error: ModelError | None = None
         self._settled = trio.Event()  # open, or failed
         self._released = trio.Event()
-        self._closed = trio.Event()
         self._adopted = False
         #: trio time the socket was open (for logs and measurements).
         self.opened_at: float | None = None
@@ -50,7 +49,6 @@ class PreDial:
             self._error = exc
         finally:
             self._settled.set()
-            self._closed.set()
 
     def connector(self) -> ModelConnector:
         """The :data:`ModelConnector` for ``run_call``: the early socket first, then fresh ones."""
@@ -70,7 +68,6 @@ class PreDial:
         try:
             yield self._socket
         finally:
+            # The owner task (run) exits the socket's context; the adapter bounds that.  The
+            # bridge has already closed it, or abandoned a dead link, and does not wait.
             self._released.set()
-            # The owner task closes it (the adapter bounds that); a bridge abandoning a dead
-            # link is cancelled here and does not wait.
-            await self._closed.wait()

@@ -715,3 +715,18 @@ async def test_hang_up_gives_up_at_its_total_deadline(
     assert trio.current_time() - started == pytest.approx(30, abs=1)
     assert h.acs.hang_ups == []
     assert "gave up" in caplog.text
+
+
+def test_a_model_with_an_announced_shutdown_is_warned_at_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dataclasses import replace
+
+    from acs_trio.config import AgentSettings
+
+    create_app(replace(settings(), agent=AgentSettings(model="gpt-realtime")))
+    (record,) = [r for r in caplog.records if "shutdown date" in r.getMessage()]
+    assert record.levelname == "WARNING" and "2027-01-20" in record.getMessage()
+    caplog.clear()
+    create_app(settings())  # the default model is current
+    assert "shutdown date" not in caplog.text
