@@ -23,14 +23,14 @@ from acs_trio.config import AcsSettings, ControlTimeouts, ModelEndpoint, ServerS
 from acs_trio.control.app import create_app
 from acs_trio.control.control_plane import ControlPlane
 from acs_trio.errors import MediaClosed
-from tests.jwt_helpers import (
+from acs_trio.testing.tokens import rsa_key
+from tests.acs_service import (
     ISSUER,
     JWKS_URL,
     RESOURCE_ID,
     FakeAcsService,
     callback_event,
     incoming_call_event,
-    rsa_key,
 )
 
 BASE = "https://bot.test"
@@ -101,7 +101,7 @@ class Harness:
         return plane
 
     def auth(self, **kwargs: Any) -> dict[str, str]:
-        return {"Authorization": self.acs.keys.bearer(**kwargs)}
+        return {"Authorization": self.acs.signer.bearer(**kwargs)}
 
     async def incoming(self, *events: dict[str, Any]) -> Any:
         response = await self.client.post("/api/incomingCall", json=list(events))
@@ -337,7 +337,7 @@ async def test_media_socket_is_refused_without_valid_credentials(h: Harness) -> 
         ("/ws/not-a-token", h.auth(), 403),
         (f"/ws/{token}", {}, 401),
         (f"/ws/{token}", h.auth(audience="someone-else"), 401),
-        (f"/ws/{token}", h.auth(expires_in_s=-3600), 401),
+        (f"/ws/{token}", h.auth(lifetime_s=-3600), 401),
     ]
     for path, headers, status in cases:
         assert await refusal_status(h.client, path, headers) == status, path
@@ -653,7 +653,7 @@ async def test_media_socket_without_keys_is_accepted_then_closed_1011(
 async def test_media_jwt_may_come_in_an_authentication_header(h: Harness) -> None:
     # acs-protocol.md §5.2: the prose says "Authentication header", the sample reads Authorization.
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    headers = {"Authentication": h.acs.keys.bearer()}
+    headers = {"Authentication": h.acs.signer.bearer()}
     async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=headers) as ws:
         await ws.send("hi")
         assert await ws.receive() == "echo:hi"
