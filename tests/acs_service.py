@@ -102,7 +102,7 @@ class FakeAcsService:
 def incoming_call_event(
     event_id: str, context: str, correlation_id: str = "corr-x"
 ) -> dict[str, Any]:
-    """Event Grid schema IncomingCall (acs-protocol.md §1.3)."""
+    """Event Grid schema IncomingCall (docs/protocols/acs.md §1.3)."""
     return {
         "id": event_id,
         "topic": "/subscriptions/x/resourceGroups/g/providers/Microsoft.Communication/"
@@ -132,7 +132,7 @@ def incoming_call_event(
 
 
 def callback_event(name: str, call_connection_id: str, **data: Any) -> dict[str, Any]:
-    """A Call Automation CloudEvent (acs-protocol.md §3)."""
+    """A Call Automation CloudEvent (docs/protocols/acs.md §3)."""
     source = f"calling/callConnections/{call_connection_id}/{name}"
     return {
         "id": f"evt-{name}-{call_connection_id}",

@@ -6,7 +6,7 @@ bad event: a batch decodes to one item per event, and an event we cannot use bec
 permanently bad event must not be retried forever (docs/control-plane.md, "Bad input").
 
 Sources of the shapes:
-* Event Grid schema: ``eventType``/``data``/``id`` (acs-protocol.md §1.1); CloudEvents 1.0
+* Event Grid schema: ``eventType``/``data``/``id`` (docs/protocols/acs.md §1.1); CloudEvents 1.0
   schema: ``type``/``data``/``id``/``source``/``specversion`` (same section).
 * Validation: ``Microsoft.EventGrid.SubscriptionValidationEvent`` with ``data.validationCode``
   (§1.2).  IncomingCall: ``data.incomingCallContext``, ``correlationId``, ``serverCallId``,
@@ -35,7 +35,7 @@ VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 INCOMING_CALL_EVENT = "Microsoft.Communication.IncomingCall"
 CALLBACK_PREFIX = "Microsoft.Communication."
 #: An ``incomingCallContext`` is an opaque signed token of a few KiB [INF]; anything far larger is
-#: junk (the route is unauthenticated, acs-protocol.md §5.3) and is skipped, not answered.
+#: junk (the route is unauthenticated, docs/protocols/acs.md §5.3) and is skipped, not answered.
 MAX_CONTEXT_CHARS = 16 * 1024
 
 
@@ -112,7 +112,7 @@ def _str(data: dict[str, Any], key: str) -> str:
 
 
 def caller_id(data: dict[str, Any]) -> str:
-    """Phone number if PSTN, else the raw id — the samples' rule (acs-protocol.md §1.3)."""
+    """Phone number if PSTN, else the raw id — the samples' rule (docs/protocols/acs.md §1.3)."""
     source = data.get("from")
     if not isinstance(source, dict):
         return "-"

@@ -637,7 +637,7 @@ async def test_a_failed_accept_still_reports_media_done(
 async def test_media_socket_without_keys_is_accepted_then_closed_1011(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # acs-protocol.md §5.2: auth failures are refused; other errors close with 1011.
+    # docs/protocols/acs.md §5.2: auth failures are refused; other errors close with 1011.
     h.acs.jwks_status = 503
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
@@ -651,7 +651,7 @@ async def test_media_socket_without_keys_is_accepted_then_closed_1011(
 
 
 async def test_media_jwt_may_come_in_an_authentication_header(h: Harness) -> None:
-    # acs-protocol.md §5.2: the prose says "Authentication header", the sample reads Authorization.
+    # docs/protocols/acs.md §5.2: the prose says "Authentication header", the sample reads Authorization.
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     headers = {"Authentication": h.acs.signer.bearer()}
     async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=headers) as ws:

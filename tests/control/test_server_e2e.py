@@ -91,7 +91,7 @@ async def _until_closed(ws: WebSocketConnection) -> None:
 
 
 def _greeting() -> list[dict[str, Any]]:
-    """realtime-protocol.md GA server events for one 300 ms spoken response."""
+    """docs/protocols/realtime.md GA server events for one 300 ms spoken response."""
     ids = {"response_id": "resp_1", "item_id": "item_1", "output_index": 0, "content_index": 0}
     delta = base64.b64encode(pcm_tone(100, 2000)).decode()
     return [
