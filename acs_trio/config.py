@@ -313,7 +313,7 @@ def _https_base(value: str) -> str:
 
 
 def _model_from_env(env: _Env) -> ModelEndpoint | None:
-    """Pick the model endpoint: explicit URL, then Azure OpenAI, then OpenAI, else the local peer.
+    """Pick the model endpoint: explicit URL, then Azure OpenAI, then OpenAI, else None (serve fails closed).
 
     URL shapes and auth headers: docs/protocols/realtime.md §1.1 (OpenAI: ``/v1/realtime?model=``,
     Bearer) and §1.2 (Azure GA: ``/openai/v1/realtime?model=<deployment>``, ``api-key`` header, no
