@@ -103,6 +103,13 @@ class Harness:
     def auth(self, **kwargs: Any) -> dict[str, str]:
         return {"Authorization": self.acs.signer.bearer(**kwargs)}
 
+    async def call_dies(self, n: int) -> None:
+        """The n-th answered call's media socket opens, then the call ends on our side."""
+        async with self.client.websocket(f"/ws/{self.acs.token_of(n)}", headers=self.auth()) as ws:
+            await ws.send("die")
+            with pytest.raises(WebsocketDisconnectError):
+                await ws.receive()
+
     async def incoming(self, *events: dict[str, Any]) -> Any:
         response = await self.client.post("/api/incomingCall", json=list(events))
         await trio.testing.wait_all_tasks_blocked()  # let the answer tasks run
@@ -372,10 +379,7 @@ async def test_media_may_connect_before_answer_returns(h: Harness) -> None:
 
 async def test_call_ended_by_us_is_hung_up(h: Harness) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
-        await ws.send("die")  # the stand-in ends with MODEL_CLOSED: the caller is still there
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(1)  # the stand-in ends with MODEL_CLOSED: the caller is still there
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-1"]
 
@@ -489,10 +493,7 @@ async def test_a_malformed_answer_body_drops_only_that_call(
     assert (await h.client.get("/readyz")).status_code == 200
     response = await h.incoming(incoming_call_event("e-2", "ctx-2"))
     assert response.status_code == 200
-    async with h.client.websocket(f"/ws/{h.acs.token_of(2)}", headers=h.auth()) as ws:
-        await ws.send("die")
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(2)
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-2"]
     assert h.plane.calls == {}
@@ -513,10 +514,7 @@ async def test_a_bug_in_one_supervisor_does_not_reach_other_calls(
     assert "supervisor failed" in caplog.text
     assert "RuntimeError: a bug" in caplog.text  # logged with its traceback
     await h.incoming(incoming_call_event("e-2", "ctx-2"))
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
-        await ws.send("die")
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(1)
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-1"]
     assert h.plane.calls == {}
@@ -689,10 +687,7 @@ async def test_hang_up_is_retried_through_server_errors(
     h.acs.hang_up_statuses = [503] * 8  # ACS struggles for a while (azure-core retries too)
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     started = trio.current_time()
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
-        await ws.send("die")
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(1)
     with trio.fail_after(30):
         await h.plane.wait_idle()
     assert h.acs.hang_ups == ["conn-1"]
@@ -707,10 +702,7 @@ async def test_hang_up_gives_up_at_its_total_deadline(
     h.acs.hang_up_statuses = [503] * 10_000
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     started = trio.current_time()
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
-        await ws.send("die")
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(1)
     await h.plane.wait_idle()
     assert trio.current_time() - started == pytest.approx(30, abs=1)
     assert h.acs.hang_ups == []
