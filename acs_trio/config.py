@@ -28,11 +28,11 @@ __all__ = [
     "model_shutdown_warning",
 ]
 
-#: The official Call Automation token issuer and key set (acs-protocol.md §5.1).
+#: The official Call Automation token issuer and key set (docs/protocols/acs.md §5.1).
 DEFAULT_ACS_JWT_ISSUER = "https://acscallautomation.communication.azure.com"
 DEFAULT_ACS_JWKS_URL = "https://acscallautomation.communication.azure.com/calling/keys"
 
-#: Voices accepted by the GA session (realtime-protocol.md §2.1).
+#: Voices accepted by the GA session (docs/protocols/realtime.md §2.1).
 KNOWN_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
@@ -80,7 +80,7 @@ def model_shutdown_warning(model: str) -> str | None:
     )
 
 
-#: ACS streams 20 ms frames (acs-protocol.md §4.3).
+#: ACS streams 20 ms frames (docs/protocols/acs.md §4.3).
 ACS_FRAME_MS = 20
 
 
@@ -129,7 +129,7 @@ class CallLimits:
     close_timeout_s: float = 2.0
     #: How far ahead of real time outbound audio may run (ACS buffers it; StopAudio flushes it).
     playout_lead_ms: int = 100
-    #: Agent audio per outbound AudioData message.  20 ms matches ACS's own cadence (acs-protocol.md
+    #: Agent audio per outbound AudioData message.  20 ms matches ACS's own cadence (docs/protocols/acs.md
     #: §4.3) and keeps StopAudio granular; larger frames cost less CPU per call (docs/performance.md).
     frame_ms: int = 20
     #: Caller audio is batched into one ``input_audio_buffer.append`` per this many ms.
@@ -215,7 +215,7 @@ JWKS_FETCH_TIMEOUT_S = 5.0
 
 @dataclass(frozen=True)
 class AcsSettings:
-    """Call Automation resource, public URL and token checks (acs-protocol.md §2, §5)."""
+    """Call Automation resource, public URL and token checks (docs/protocols/acs.md §2, §5)."""
 
     connection_string: str
     #: The https base URL ACS reaches; callback and wss media URLs are built from it.
@@ -376,9 +376,9 @@ def _https_base(value: str) -> str:
 
 
 def _model_from_env(env: _Env) -> ModelEndpoint | None:
-    """Pick the model endpoint: explicit URL, then Azure OpenAI, then OpenAI, else the local peer.
+    """Pick the model endpoint: explicit URL, then Azure OpenAI, then OpenAI, else None (serve fails closed).
 
-    URL shapes and auth headers: realtime-protocol.md §1.1 (OpenAI: ``/v1/realtime?model=``,
+    URL shapes and auth headers: docs/protocols/realtime.md §1.1 (OpenAI: ``/v1/realtime?model=``,
     Bearer) and §1.2 (Azure GA: ``/openai/v1/realtime?model=<deployment>``, ``api-key`` header, no
     ``api-version`` and no ``OpenAI-Beta`` header).
     """

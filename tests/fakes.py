@@ -1,6 +1,6 @@
 """In-process peers for call tests: a fake ACS and a fake realtime model.
 
-Both speak the real wire formats (acs-protocol.md §4.2/§4.4, realtime-protocol.md §2/§3) over real
+Both speak the real wire formats (docs/protocols/acs.md §4.2/§4.4, docs/protocols/realtime.md §2/§3) over real
 trio-websocket connections whose transport is an in-memory stream pair, so a whole call runs under
 ``autojump_clock`` with exact virtual times and no sockets.  Each peer records what it saw, with
 the virtual time, for the test to assert on.

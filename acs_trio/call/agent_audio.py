@@ -1,6 +1,6 @@
 """Model audio on its way to the caller: responses, items, cuts, 20 ms framing.  Pure and sync.
 
-Deltas arrive in arbitrary sizes, faster than real time (realtime-protocol.md §3.2); the paced
+Deltas arrive in arbitrary sizes, faster than real time (docs/protocols/realtime.md §3.2); the paced
 sender (:mod:`acs_trio.call.playout`) wants whole frames.  This module numbers responses (so a
 barge-in can cut "every response so far" in one step), owns that cut line (:class:`CutLine`,
 read by the playout), drops deltas of cut responses that are still in flight, remembers per

@@ -618,7 +618,7 @@ class _CallBridge:
 
     async def settle_cut_items(self, ws: ModelSocket, played: dict[str, float]) -> None:
         """Tell the model what the caller heard of each cut item: truncate at the played ms
-        the items heard in part, delete those not heard at all (realtime-protocol.md §5)."""
+        the items heard in part, delete those not heard at all (docs/protocols/realtime.md §5)."""
         now = trio.current_time()
         for item_id, state in self.agent_audio.unsettled_cut_items():
             heard = min(

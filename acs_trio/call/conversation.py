@@ -2,7 +2,7 @@
 
 A model session can end before the call does (a dropped socket, a rate limit, the session's
 time limit).  The next session starts empty, so the bridge keeps this log and replays it as text
-``conversation.item.create`` items (realtime-protocol.md §2.4): the caller's turns as ``user``
+``conversation.item.create`` items (docs/protocols/realtime.md §2.4): the caller's turns as ``user``
 ``input_text`` items (from input transcription), the agent's as ``assistant`` ``output_text``
 items, *as heard*.  Pure and sync.
 

@@ -6,7 +6,7 @@ session").
 - **Confirmed.** ``session.update`` carries an ``event_id``; the session is usable only once
   ``session.updated`` arrived (bounded by ``session_ready_timeout_s``) and agrees with what we
   sent.  An ``error`` naming that ``event_id`` is final: no agent without its instructions
-  (realtime-protocol.md §3.2, §6).
+  (docs/protocols/realtime.md §3.2, §6).
 - **Retryable or final.** A drop (close 1001/1006/1011/1012/1013/1014), a handshake answered 408,
   429 or 5xx, a network failure, a missing pong, ``session_expired`` or an unconfirmed session
   are retried; a 4xx handshake or a rejected configuration is not.
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 #: RFC 6455 §7.4.1 codes after which a new session may well work (1001: OpenAI's 60-min limit).
 RETRYABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
-#: Handshake statuses worth another try (realtime-protocol.md §6: back off on 429).
+#: Handshake statuses worth another try (docs/protocols/realtime.md §6: back off on 429).
 RETRYABLE_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: ``error`` codes that end the session but not the conversation: open a fresh one.
 RETRYABLE_ERROR_CODES = frozenset({"session_expired"})

@@ -1,7 +1,7 @@
 """The one task that writes to the ACS media socket: paced agent audio and StopAudio.
 
-Why pace at all?  ACS queues whatever we send and plays it in order (acs-protocol.md §4.4); the
-model sends its answer faster than real time (realtime-protocol.md §3).  Forwarding unpaced would
+Why pace at all?  ACS queues whatever we send and plays it in order (docs/protocols/acs.md §4.4); the
+model sends its answer faster than real time (docs/protocols/realtime.md §3).  Forwarding unpaced would
 put seconds of audio into ACS's queue, so "ms sent" would say nothing about "ms heard", and the
 truncate after a barge-in would be a guess.  Writing 20 ms frames at real-time pace, at most
 ``playout_lead_ms`` ahead, keeps ACS's queue short and makes ``sent`` an upper bound of ``heard``
@@ -172,7 +172,7 @@ class Playout:
                 if self._stop_since is not None:
                     await self._write_stop_audio()
                     continue
-                # Hot path (performance-notes.md: cost follows scheduler round-trips): a queued
+                # Hot path (docs/performance.md, "Earlier measurements": cost follows scheduler round-trips): a queued
                 # frame is taken without a wait, and only an early frame sleeps.  Every path
                 # that writes checkpoints in media.send().
                 try:

@@ -197,7 +197,7 @@ def create_app(
 
     @app.route("/api/incomingCall", methods=["OPTIONS"], provide_automatic_options=False)
     async def incoming_call_handshake() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
-        # CloudEvents abuse protection (acs-protocol.md §1.1, Event Grid webhook-event-delivery).
+        # CloudEvents abuse protection (docs/protocols/acs.md §1.1, Event Grid webhook-event-delivery).
         origin = request.headers.get("WebHook-Request-Origin")
         if not origin:
             return Response("missing WebHook-Request-Origin\n", 400)
@@ -260,7 +260,7 @@ def create_app(
         if token not in plane.calls:  # before any JWKS work: junk URLs cost nothing
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
-        # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
+        # docs/protocols/acs.md §5.2: the doc's prose says "Authentication header", its sample reads
         # Authorization; take either.
         authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
         try:

@@ -181,7 +181,7 @@ class ControlPlane:
         return record
 
     def on_callback(self, token: str, event: CallbackEvent) -> None:
-        """Apply one Call Automation event to its call (acs-protocol.md §3); never to another."""
+        """Apply one Call Automation event to its call (docs/protocols/acs.md §3); never to another."""
         record = self.calls.get(token)
         if record is None:
             logger.info(

@@ -188,7 +188,7 @@ class CallSupervisor:
         if summary.end_reason is EndReason.CALLER_HUNG_UP:
             # The media socket closing is not proof the call is over: a network drop, a stream
             # stop or a send failure close it too, and hypercorn reports 1006 for every client
-            # close.  CallDisconnected is ACS's word that it is (acs-protocol.md §3).
+            # close.  CallDisconnected is ACS's word that it is (docs/protocols/acs.md §3).
             # A shutdown during the wait hangs up at once.
             grace = self._timeouts.disconnect_grace_s
             with trio.move_on_after(grace):

@@ -1,6 +1,6 @@
 """Realtime API client and server events: pure, sync codec for the GA protocol.
 
-Sources (../shared/docs/realtime-protocol.md): client events §2 (GA ``session.update`` shape §2.1,
+Sources (docs/protocols/realtime.md): client events §2 (GA ``session.update`` shape §2.1,
 ``input_audio_buffer.append`` §2.3, ``conversation.item.truncate`` §2.4, ``response.create`` §2.5);
 server events §3.2 with the beta → GA renames of §3.1.  Beta names are accepted on input
 (``response.audio.delta`` as well as ``response.output_audio.delta``, and so on) so a bridge keeps

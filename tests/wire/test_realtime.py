@@ -1,4 +1,4 @@
-"""The Realtime codec: GA client events out, GA and beta server events in (realtime-protocol.md)."""
+"""The Realtime codec: GA client events out, GA and beta server events in (docs/protocols/realtime.md)."""
 
 from __future__ import annotations
 
