@@ -54,6 +54,8 @@ class ItemState:
     """One assistant audio item, as the bridge knows it."""
 
     response_seq: int
+    #: The model session it was produced in (the bridge counts sessions: reconnects, recycles).
+    session: int = 0
     received_ms: float = 0.0
     #: Its audio is complete (``output_audio.done``).
     done: bool = False
@@ -74,6 +76,8 @@ class AgentAudio:
         #: Sequence number of the newest response seen (1, 2, …).
         self.latest_seq = 0
         self.cut_line = CutLine()
+        #: The current model session's number; items remember theirs.
+        self.session = 0
         self._carry = b""
         self._carry_key: tuple[int, str] | None = None
 
@@ -97,7 +101,7 @@ class AgentAudio:
         """The state of ``item_id`` (created on first sight, e.g. ``output_item.added``)."""
         state = self._items.get(item_id)
         if state is None:
-            state = self._items[item_id] = ItemState(self.seq_of(response_id))
+            state = self._items[item_id] = ItemState(self.seq_of(response_id), self.session)
             if len(self._items) > _REMEMBERED:
                 self._items.popitem(last=False)
         return state

@@ -419,7 +419,8 @@ class _CallBridge:
                 self.playout.expect_answer(now, self.agent_audio.latest_seq)
                 await ws.send(rt.response_create(self.event_ids()))
         self.recycle_pending = False
-        self.response_active = self.answer_owed = False
+        self.response_active = self.answer_owed = self.caller_speaking = False
+        self.agent_audio.session = self.sessions
         await self.flush_gap_audio(ws)
         if self.gap_since is not None and not first:
             self.summary.model_gap_ms.append((now - self.gap_since) * 1000)
@@ -629,6 +630,14 @@ class _CallBridge:
             state.settled = True
             if state.done and heard >= state.received_ms - self.limits.frame_ms:
                 continue  # heard in full (to within a frame: resampling rounds the length)
+            if state.session != self.agent_audio.session:
+                # An item of an earlier session (still playing when it was replaced): that
+                # session is gone; only the log, for the next replay, learns what was heard.
+                if heard_ms <= 0:
+                    self.conversation.forget(item_id)
+                else:
+                    self.conversation.heard(item_id, heard_ms / state.received_ms)
+                continue
             if heard_ms <= 0:
                 self.summary.items_deleted += 1
                 self.conversation.forget(item_id)

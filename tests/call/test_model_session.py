@@ -361,3 +361,38 @@ async def test_truncate_is_exact_to_the_played_ms(
     assert heard >= played_ms  # never more than was sent; StopAudio flushed the difference
     call.handle.end(EndReason.CALL_DISCONNECTED)
     await call.ended()
+
+
+async def test_a_barge_in_on_audio_of_a_replaced_session_is_replayed_as_heard(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery)
+    model = call.model
+    t0 = trio.current_time()
+    response_id, item_id = await model.start_response()
+    await model.output_item_added(response_id, item_id)
+    await model.transcript_delta(response_id, item_id, "One two three four five six seven eight")
+    await model.audio_delta(response_id, item_id, pcm_tone(1000, 2000))  # a burst: 1 s queued
+    await trio.sleep_until(t0 + 0.1)
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()  # the link drops; the old answer keeps playing
+    await reconnected.wait()
+    await trio.sleep_until(t0 + 0.5)
+    await model.speech_started()  # in the new session, over the old session's audio
+    await wait_all_tasks_blocked()
+    second = model.connections[1]
+    # The old item is not the new session's: no truncate or delete is sent for it...
+    assert {m["type"] for _, m in second.messages} & {
+        "conversation.item.truncate",
+        "conversation.item.delete",
+    } == set()
+    assert call.acs.stop_audio_times() == [t0 + 0.5]
+    # ...but the log learned that half of it was heard: the next session is told so.
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await wait_all_tasks_blocked()
+    assert [i["content"][0]["text"] for i in items(model.connections[2])] == ["One two three four…"]
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert summary.model_reconnects == 2 and summary.truncated_at_ms == []
