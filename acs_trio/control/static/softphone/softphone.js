@@ -182,7 +182,7 @@ function onMedia(raw) {
     state.counters.badMessages++;
     return;
   }
-  // Keys as ACS reads them: case-insensitive (acs-protocol.md §4.4).
+  // Keys as ACS reads them: case-insensitive (docs/protocols/acs.md §4.4).
   const kind = String(message.Kind || message.kind || "").toLowerCase();
   if (kind === "audiodata") {
     const body = message.AudioData || message.audioData || {};
