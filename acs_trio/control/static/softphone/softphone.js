@@ -118,7 +118,7 @@ function openMedia(path) {
   const media = new WebSocket(wsUrl(path));
   state.media = media;
   media.onopen = () => {
-    // acs-protocol.md §4.2: AudioMetadata first, then 20 ms AudioData frames.
+    // docs/protocols/acs.md §4.2: AudioMetadata first, then 20 ms AudioData frames.
     media.send(
       JSON.stringify({
         kind: "AudioMetadata",
