@@ -157,6 +157,15 @@ class BrowserPage:
     def counter(self, element_id: str) -> int:
         return int(self.page.inner_text(f"#{element_id}"))
 
+    def settled_counter(self, element_id: str, key: str) -> int:
+        """A DOM counter once the page has rendered its latest value (it renders every 100 ms)."""
+        self.page.wait_for_function(
+            f"document.getElementById({element_id!r}).textContent"
+            f" === String(softphone.counters[{key!r}])",
+            timeout=2_000,
+        )
+        return self.counter(element_id)
+
     def screenshot_if_asked(self) -> None:
         if self.screenshot is not None:
             self.page.screenshot(path=str(self.screenshot), full_page=True)
