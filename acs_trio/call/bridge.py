@@ -331,11 +331,16 @@ class _CallBridge:
                     if self.recycle_requested:
                         self.recycle_requested = False
                         self.summary.session_recycles += 1
-                        delay = 0.0
+                        delay, backoff = 0.0, None
                         continue
                     return  # the call is ending
-                if self.session_live_since is not None:
-                    backoff = None  # a confirmed session: this is a new outage
+                since = self.session_live_since
+                if since is not None and (
+                    trio.current_time() - since >= self.limits.model_reconnect_budget_s
+                ):
+                    # A session that stayed up a whole budget: this is a new outage.  One that
+                    # drops right after it is confirmed does not reset the budget (no spinning).
+                    backoff = None
                 retryable, retry_after = is_retryable(failure)
                 backoff = backoff or Backoff(self.limits)
                 next_delay = backoff.next_delay(retry_after) if retryable else None

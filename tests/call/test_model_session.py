@@ -396,3 +396,30 @@ async def test_a_barge_in_on_audio_of_a_replaced_session_is_replayed_as_heard(
     call.handle.end(EndReason.CALL_DISCONNECTED)
     summary = await call.ended()
     assert summary.model_reconnects == 2 and summary.truncated_at_ms == []
+
+
+async def test_a_session_that_drops_right_after_it_is_confirmed_does_not_reset_the_budget(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery)
+    model = call.model
+    await trio.sleep(1)
+
+    async def flap() -> None:
+        # The service accepts, confirms the session, then drops it at once, every time.
+        while True:
+            await model.wait_for("session.update")
+            await wait_all_tasks_blocked()  # session.updated has been read: the session is live
+            reconnected = model.new_connection
+            assert model.ws is not None
+            await model.ws.aclose(1011, "server error")
+            await reconnected.wait()
+
+    nursery.start_soon(flap)
+    # One outage, however many sessions it confirms: the call ends when the budget is spent,
+    # not at the idle timeout (120 s) after hundreds of handshakes.
+    summary = await call.ended()
+    assert summary.end_reason is EndReason.MODEL_CLOSED
+    assert "reconnect attempts" in summary.end_detail
+    assert summary.duration_s <= 1 + LIMITS.model_reconnect_budget_s
+    assert len(model.connections) < 30
