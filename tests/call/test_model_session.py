@@ -423,3 +423,31 @@ async def test_a_session_that_drops_right_after_it_is_confirmed_does_not_reset_t
     assert "reconnect attempts" in summary.end_detail
     assert summary.duration_s <= 1 + LIMITS.model_reconnect_budget_s
     assert len(model.connections) < 30
+
+
+async def test_caller_audio_is_neither_lost_nor_reordered_across_a_recycle(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def wall_clock() -> float:
+        return 1_800_000_000.0 + trio.current_time()
+
+    monkeypatch.setattr(model_session, "wall_clock", wall_clock)
+    model = FakeModel(nursery, session_lifetime_s=200, wall_clock=wall_clock)
+    limits = replace(LIMITS, idle_timeout_s=5000, media_timeout_s=5000)
+    call = await start_call(nursery, model=model, limits=limits)
+    await call.acs.send_metadata()
+    await trio.sleep(75)
+    # The caller's line carries background noise the model's VAD ignores: the session is quiet
+    # when it is replaced (at 80 s), in the middle of the caller's audio.
+    nursery.start_soon(call.acs.stream, 10_000)
+    replaced = model.new_connection
+    await replaced.wait()
+    await trio.sleep(10)
+    assert len(model.connections) == 2
+    first, second = appended(model.connections[0]), appended(model.connections[1])
+    # Everything but the last, partial 60 ms batch (still being collected) went to a session.
+    assert first and second
+    assert first + second == pcm_tone(10_000 // LIMITS.append_batch_ms * LIMITS.append_batch_ms)
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert summary.session_recycles == 1 and summary.gap_audio_dropped_ms == 0
