@@ -489,6 +489,16 @@ class _CallBridge:
         """Before the session's time limit, move to a fresh one while nobody is speaking."""
         limits = self.limits
         expires_at = self.session_expires_at
+        if expires_at - limits.session_recycle_margin_s <= trio.current_time():
+            # Already "expiring" as it opens: a fresh session would be too, so replacing it
+            # would loop.  Our clock disagrees with the service's; let the service end it
+            # (session_expired and 1001 are retried).
+            self.log.warning(
+                "model session expires_at is %.0f s away as it opens (clock skew?): "
+                "not replacing it early",
+                expires_at - trio.current_time(),
+            )
+            return
         await trio.sleep_until(expires_at - limits.session_recycle_margin_s)
         force_at = expires_at - limits.session_recycle_force_s
         # Polled: "quiet" is a conjunction of states owned by three tasks.

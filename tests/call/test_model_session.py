@@ -451,3 +451,22 @@ async def test_caller_audio_is_neither_lost_nor_reordered_across_a_recycle(
     call.handle.end(EndReason.CALL_DISCONNECTED)
     summary = await call.ended()
     assert summary.session_recycles == 1 and summary.gap_audio_dropped_ms == 0
+
+
+async def test_a_session_that_opens_already_near_its_expiry_is_not_recycled_in_a_loop(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our clock is 30 min ahead of the service's: every expires_at looks 5 s away.
+    def wall_clock() -> float:
+        return 1_800_000_000.0 + trio.current_time()
+
+    monkeypatch.setattr(model_session, "wall_clock", wall_clock)
+    model = FakeModel(nursery, session_lifetime_s=5, wall_clock=wall_clock, connect_delay_s=0.05)
+    limits = replace(LIMITS, idle_timeout_s=5000, media_timeout_s=5000)
+    call = await start_call(nursery, model=model, limits=limits)
+    await trio.sleep(3)
+    # A fresh session would be "expiring" just the same: replacing it cannot help.
+    assert len(model.connections) == 1
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert summary.session_recycles == 0
