@@ -145,6 +145,8 @@ class _CallBridge:
         self.recycle_requested = self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
         self.failed_in_a_row = 0
+        #: The greeting was asked for but not delivered yet: a new session is asked again.
+        self.greeting_owed = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -412,17 +414,20 @@ class _CallBridge:
             self.log.info("model session ready in %.0f ms", (now - self.summary.started_at) * 1000)
             if self.agent.greeting:
                 self.playout.expect_greeting(now)
-                # A request, not per-response instructions: the persona stays in force (L3).
-                await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
-                await ws.send(rt.response_create(self.event_ids()))
+                self.greeting_owed = True
         else:
             self.summary.model_reconnects += not self.recycle_pending
             for event in self.conversation.replay(self.event_ids):
                 await ws.send(event)
-            if self.answer_owed or self.response_active:
-                # The caller was waiting for an answer the old session never finished.
-                self.playout.expect_answer(now, self.agent_audio.latest_seq)
-                await ws.send(rt.response_create(self.event_ids()))
+        if self.greeting_owed and self.agent.greeting:
+            # A request, not per-response instructions: the persona stays in force (L3).  Asked
+            # again of a new session until a response completes or the caller speaks.
+            await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
+            await ws.send(rt.response_create(self.event_ids()))
+        elif not first and (self.answer_owed or self.response_active):
+            # The caller was waiting for an answer the old session never finished.
+            self.playout.expect_answer(now, self.agent_audio.latest_seq)
+            await ws.send(rt.response_create(self.event_ids()))
         self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
         self.agent_audio.session = self.sessions
@@ -549,6 +554,7 @@ class _CallBridge:
                 await self.push_frames(self.agent_audio.frames(event))
         elif isinstance(event, rt.SpeechStarted):
             self.caller_speaking = True
+            self.greeting_owed = False
             self.conversation.caller_turn(event.item_id)
             await self.on_speech_started(ws)
         elif isinstance(event, rt.SpeechStopped):
@@ -597,6 +603,7 @@ class _CallBridge:
     def on_response_done(self, event: rt.ResponseDone) -> None:
         self.response_active = False
         if not event.failed:
+            self.greeting_owed = False
             if event.status == "completed":
                 self.failed_in_a_row = 0
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)

@@ -470,3 +470,35 @@ async def test_a_session_that_opens_already_near_its_expiry_is_not_recycled_in_a
     call.handle.end(EndReason.CALL_DISCONNECTED)
     summary = await call.ended()
     assert summary.session_recycles == 0
+
+
+async def test_a_drop_before_the_greeting_is_heard_asks_the_new_session_to_greet(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery, agent=AgentSettings(greeting="Greet."))
+    model = call.model
+    assert [m["type"] for _, m in model.seen.messages][-1] == "response.create"
+    # The link drops before the greeting's response even started: nothing was heard.
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await wait_all_tasks_blocked()
+    assert [m["type"] for _, m in model.seen.messages] == [
+        "session.update",
+        "conversation.item.create",
+        "response.create",
+    ]
+    assert items(model.seen)[0]["content"][0]["text"] == "Greet."
+    # Once the greeting has played, a later session is not asked to greet again.
+    response_id, item_id = await model.start_response()
+    await model.output_item_added(response_id, item_id)
+    await model.audio_delta(response_id, item_id, pcm_tone(300))
+    await model.finish_response(response_id, item_id)
+    await trio.sleep(1)
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await wait_all_tasks_blocked()
+    assert [m["type"] for _, m in model.seen.messages] == ["session.update"]
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
