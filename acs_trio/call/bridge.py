@@ -417,6 +417,10 @@ class _CallBridge:
                 self.greeting_owed = True
         else:
             self.summary.model_reconnects += not self.recycle_pending
+            # Items of the lost session whose audio never arrived (the transcript runs ahead
+            # of it) were not heard: they are not replayed.
+            for item_id in self.agent_audio.unheard_items(self.agent_audio.session):
+                self.conversation.forget(item_id)
             for event in self.conversation.replay(self.event_ids):
                 await ws.send(event)
         if self.greeting_owed and self.agent.greeting:

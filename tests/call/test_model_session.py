@@ -502,3 +502,27 @@ async def test_a_drop_before_the_greeting_is_heard_asks_the_new_session_to_greet
     assert [m["type"] for _, m in model.seen.messages] == ["session.update"]
     call.handle.end(EndReason.CALL_DISCONNECTED)
     await call.ended()
+
+
+async def test_an_answer_whose_audio_never_arrived_is_not_replayed(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery)
+    model = call.model
+    await model.speech_started("item_u1")
+    await model.speech_stopped("item_u1")
+    await model.caller_transcript("item_u1", "When do you open?")
+    response_id, item_id = await model.start_response()
+    await model.output_item_added(response_id, item_id)
+    # The transcript runs ahead of the audio; the link drops before the first audio delta.
+    await model.transcript_delta(response_id, item_id, "We open at nine.")
+    await wait_all_tasks_blocked()
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await wait_all_tasks_blocked()
+    # The caller heard none of it: the new session is told the question only, and answers it.
+    assert [i["content"][0]["text"] for i in items(model.seen)] == ["When do you open?"]
+    assert model.events("response.create")
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
