@@ -19,7 +19,13 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings, model_shutdown_warning
+from ..config import (
+    MAX_BODY_BYTES,
+    ControlTimeouts,
+    Settings,
+    model_shutdown_warning,
+    transcription_shutdown_warning,
+)
 from ..errors import AuthError, KeysUnavailable
 from ..wire.webhook import (
     BadBody,
@@ -64,6 +70,8 @@ class _Runtime:
             connect_model = model_connector(settings.require_model(), settings.limits)
         self.connect_model: ModelConnector = connect_model
         if (warning := model_shutdown_warning(settings.agent.model)) is not None:
+            logger.warning("%s", warning)
+        if warning := transcription_shutdown_warning(settings.agent.transcription_model):
             logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
