@@ -284,6 +284,12 @@ async def run_main(args: argparse.Namespace) -> int:
         "duration_s": round(time.time() - started, 1),
         "machine": machine_info(),
         "load_average_at_start": os.getloadavg(),
+        # Server settings inherited by every arm from this process's environment.
+        "inherited_env": {
+            k: v
+            for k, v in os.environ.items()
+            if k in {"APPEND_BATCH_MS", "OUTBOUND_FRAME_MS", "PLAYOUT_LEAD_MS"}
+        },
         "arms": [{"label": a.label, "git": a.git, "env": a.env, "python": a.python} for a in arms],
         "settings": {
             "levels": levels,
