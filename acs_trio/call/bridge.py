@@ -43,6 +43,11 @@ __all__ = ["run_call"]
 
 logger = logging.getLogger(__name__)
 
+#: Endings logged at INFO; every other one (model, timeouts, protocol, bugs) at WARNING.
+_ENDINGS_NOT_WORTH_A_WARNING = frozenset(
+    {EndReason.CALLER_HUNG_UP, EndReason.CALL_DISCONNECTED, EndReason.SHUTDOWN}
+)
+
 #: Distinct unknown media kinds counted by name; the rest are counted as "(other)".
 _MAX_UNKNOWN_KINDS = 32
 
@@ -92,7 +97,10 @@ class _CallBridge:
         self.frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
             max(1, limits.outbound_buffer_ms // limits.frame_ms)
         )
-        self.playout = Playout(media, frames_recv, self.summary, lead_ms=limits.playout_lead_ms)
+        self.observer = handle.observer
+        self.playout = Playout(
+            media, frames_recv, self.summary, lead_ms=limits.playout_lead_ms, observer=self.observer
+        )
         # Cancelled by end(); created up front so an early end applies the moment they are entered.
         self.acs_scope = trio.CancelScope()
         self.model_connect_scope = trio.CancelScope()
@@ -103,6 +111,7 @@ class _CallBridge:
 
     async def run(self, connect_model: ModelConnector) -> CallSummary:
         self.log.info("call started")
+        self.observer.on_start(self.handle.ids, self.summary.started_at)
         self.handle.bind(self.on_end)
         try:
             async with trio.open_nursery() as nursery:
@@ -121,13 +130,16 @@ class _CallBridge:
             summary = self.summary
             summary.ended_at = trio.current_time()
             summary.end_reason, summary.end_detail = reason, detail
-            self.log.info("call ended %s", summary.log_fields())
+            self.log.info("call ended %s", summary.log_fields(), extra=summary.log_extra())
+            self.observer.on_end(summary)
             self.handle.finished.set()
         return summary
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         if self.handle.end_request is None:
-            self.log.info("ending call: %s %s", reason.value, detail)
+            # Endings the caller did not cause (model, timeouts, bugs) are an operator's business.
+            level = logging.INFO if reason in _ENDINGS_NOT_WORTH_A_WARNING else logging.WARNING
+            self.log.log(level, "ending call: %s %s", reason.value, detail)
         self.handle.end(reason, detail)
 
     def on_end(self) -> None:
@@ -219,6 +231,7 @@ class _CallBridge:
         summary = self.summary
         summary.frames_in += 1
         summary.silent_frames_in += audio.silent
+        self.observer.on_caller_audio(audio.pcm, audio.silent, self.last_acs_message)
         message = self.caller_audio.push(audio)
         if message is None:
             return
@@ -247,6 +260,7 @@ class _CallBridge:
             return
         self.log.info("audio metadata: %s Hz, %s bytes per frame", meta.sample_rate, meta.length)
         self.agent_audio.set_rate(meta.sample_rate)
+        self.observer.on_audio_format(meta.sample_rate)
         self.summary.sample_rate_hz = meta.sample_rate
 
     def bad_acs_message(self, what: str) -> None:
@@ -331,6 +345,7 @@ class _CallBridge:
             await self.on_speech_started(ws)
         elif isinstance(event, rt.SpeechStopped):
             self.last_speech = now = trio.current_time()
+            self.observer.on_caller_speech(False, now)
             self.summary.turns += 1
             self.playout.expect_answer(now, self.agent_audio.latest_seq)
         elif isinstance(event, rt.ResponseCreated):
@@ -352,9 +367,12 @@ class _CallBridge:
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)
         elif isinstance(event, rt.OutputTranscript | rt.InputTranscript):
             self.log.debug("%s: %s", type(event).__name__, event.transcript)
+            role = "agent" if isinstance(event, rt.OutputTranscript) else "caller"
+            self.observer.on_transcript(role, event.transcript, trio.current_time())
 
     async def on_speech_started(self, ws: ModelSocket) -> None:
         self.last_speech = trio.current_time()
+        self.observer.on_caller_speech(True, self.last_speech)
         # Every response so far is now interrupted: none of its audio may reach the caller.
         cut = self.playout.interrupt(self.agent_audio.cut_all())
         if cut is None:

@@ -27,6 +27,7 @@ from ..errors import MediaClosed
 from ..wire.acs_media import STOP_AUDIO, encode_audio_data
 from .lifecycle import CallSummary
 from .media_socket import MediaSocket
+from .observer import NULL_OBSERVER, CallObserver
 
 __all__ = ["Interruption", "OutboundFrame", "Playout"]
 
@@ -63,6 +64,7 @@ class Playout:
         summary: CallSummary,
         *,
         lead_ms: int,
+        observer: CallObserver = NULL_OBSERVER,
     ) -> None:
         self._media = media
         self._frames = frames
@@ -81,6 +83,9 @@ class Playout:
         self.last_write = 0.0
         #: Set when a write found the ACS socket closed (the caller hung up mid-playout).
         self.media_closed = False
+        self._observer = observer
+        #: Audio written but not yet played (estimate) when the last barge-in cut it, ms.
+        self._flushed_ms = 0.0
 
     # --- called from the model task (synchronous: no checkpoint, so no interleaving) ---------
 
@@ -111,6 +116,7 @@ class Playout:
         if not playing and dropped == 0:
             return None
         self._stop_since = now
+        self._flushed_ms = max(0.0, self._playout_end - now) * 1000
         self._playout_end = now
         if self._wait_scope is not None:
             self._wait_scope.cancel()
@@ -180,8 +186,10 @@ class Playout:
             self._item_sent_ms = 0.0
         # Counted before the write: once we start writing, ACS may play it.
         self._item_sent_ms += frame.ms
-        self._playout_end = max(self._playout_end, trio.current_time()) + frame.ms / 1000
+        start = trio.current_time()
+        self._playout_end = max(self._playout_end, start) + frame.ms / 1000
         await self._media.send(encode_audio_data(frame.pcm))
+        self._observer.on_agent_audio(frame.pcm, start)
         written = trio.current_time()
         self.last_write = written
         summary = self._summary
@@ -189,12 +197,16 @@ class Playout:
         if self._greeting_since is not None:
             summary.greeting_ttfa_ms = (written - self._greeting_since) * 1000
             self._greeting_since = None
+            self._observer.on_ttfa(summary.greeting_ttfa_ms, greeting=True)
         if self._answer_wait is not None and frame.response_seq > self._answer_wait[1]:
             summary.ttfa_ms.append((written - self._answer_wait[0]) * 1000)
             self._answer_wait = None
+            self._observer.on_ttfa(summary.ttfa_ms[-1], greeting=False)
 
     async def _write_stop_audio(self) -> None:
         assert self._stop_since is not None
         since, self._stop_since = self._stop_since, None
         await self._media.send(STOP_AUDIO)
-        self._summary.barge_in_latency_ms.append((trio.current_time() - since) * 1000)
+        now = trio.current_time()
+        self._summary.barge_in_latency_ms.append((now - since) * 1000)
+        self._observer.on_stop_audio(now, (now - since) * 1000, self._flushed_ms)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import trio
@@ -19,7 +20,7 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings
+from ..config import MAX_BODY_BYTES, RECORDINGS_SWEEP_INTERVAL_S, ControlTimeouts, Settings
 from ..errors import AuthError, KeysUnavailable
 from ..wire.webhook import (
     BadBody,
@@ -33,8 +34,12 @@ from ..wire.webhook import (
 from .acs_rest import HttpTransport, open_acs_rest
 from .auth import JwtVerifier, bearer_token
 from .control_plane import Admission, ControlPlane
+from .loop_lag import LoopLag
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .model_ws import model_connector
+from .observe import instrument_connector, observe_call
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
+from .recording import run_retention
 
 __all__ = ["create_app"]
 
@@ -61,6 +66,16 @@ class _Runtime:
         if connect_model is None:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
+        obs = settings.observability
+        #: This app's metrics (its own registry), or None with METRICS_ENABLED=false.
+        self.metrics = Metrics() if obs.metrics_enabled else None
+        if self.metrics is not None:
+            connect_model = instrument_connector(connect_model, self.metrics)
+            self.metrics.count_live_calls(
+                lambda: 0 if self.plane is None else len(self.plane.calls)
+            )
+        self.loop_lag = LoopLag(None if self.metrics is None else self.metrics.loop_lag.observe)
+        self.recordings_dir = Path(obs.recordings_dir) if obs.recordings_dir else None
         self.connect_model: ModelConnector = connect_model
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
@@ -83,6 +98,14 @@ class _Runtime:
             )
             async with trio.open_nursery() as nursery:
                 self.plane = plane
+                await nursery.start(self.loop_lag.run)
+                if self.recordings_dir is not None:
+                    await nursery.start(
+                        run_retention,
+                        self.recordings_dir,
+                        self.settings.observability.recordings_retention_days,
+                        RECORDINGS_SWEEP_INTERVAL_S,
+                    )
                 await nursery.start(plane.serve)
                 task_status.started()
                 await plane.finished.wait()  # stop(): drained, closed, every supervisor done
@@ -188,6 +211,21 @@ def create_app(
             "draining": False if plane is None else plane.draining,
         }
 
+    @app.get("/metrics")
+    async def metrics() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
+        if rt.metrics is None:
+            return Response("metrics are off (METRICS_ENABLED=false)\n", 404)
+        return Response(rt.metrics.expose(), 200, content_type=CONTENT_TYPE_LATEST)
+
+    @app.after_request
+    async def count_request(response: Response) -> Response:  # noqa: ASYNC124
+        if rt.metrics is not None:
+            rule = request.url_rule
+            rt.metrics.http_request(
+                rule.rule if rule is not None else "(unmatched)", response.status_code
+            )
+        return response
+
     @app.get("/readyz")
     async def readyz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
         return Response("ready\n", 200) if rt.ready else Response("not ready\n", 503)
@@ -214,6 +252,8 @@ def create_app(
                 validation = validation or item.validation_code
             elif isinstance(item, IncomingCall):
                 outcome = rt.plane.admit(item) if rt.plane is not None else Admission.NOT_READY
+                if rt.metrics is not None:
+                    rt.metrics.incoming(outcome)
                 log = (
                     logger.info
                     if outcome in {Admission.ANSWERING, Admission.DUPLICATE}
@@ -289,13 +329,16 @@ def create_app(
         try:
             # Inside the try: a failed or cancelled accept must still report media_done.
             await ws.accept()
-            record.summary = await call_runner(
-                QuartMediaSocket(ws),
-                rt.connect_model,
-                handle=record.handle,
-                agent=settings.agent,
-                limits=settings.limits,
-            )
+            async with observe_call(
+                record.handle, metrics=rt.metrics, recordings_dir=rt.recordings_dir
+            ):
+                record.summary = await call_runner(
+                    QuartMediaSocket(ws),
+                    rt.connect_model,
+                    handle=record.handle,
+                    agent=settings.agent,
+                    limits=settings.limits,
+                )
         finally:
             record.media_done.set()
         return None

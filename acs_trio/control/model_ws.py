@@ -11,6 +11,7 @@ the call bridge never sees a trio-websocket name.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
+    ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
     open_websocket_url,
@@ -30,7 +32,7 @@ from ..call.model_socket import ModelConnector
 from ..config import MODEL_MESSAGE_QUEUE_SIZE, CallLimits, ModelEndpoint
 from ..errors import ModelClosed, ModelConnectError, ModelRejected
 
-__all__ = ["WebsocketModelSocket", "model_connector", "open_model"]
+__all__ = ["WebsocketModelSocket", "describe_connect_failure", "model_connector", "open_model"]
 
 
 class WebsocketModelSocket:
@@ -101,7 +103,41 @@ async def open_model(
     except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
         if connected:
             raise
-        raise ModelConnectError(f"cannot connect to {endpoint.provider} model: {exc!r}") from exc
+        cause, text = describe_connect_failure(exc)
+        host = urlsplit(endpoint.url).netloc
+        raise ModelConnectError(
+            f"cannot connect to the {endpoint.provider} model at {host}: {text}", cause=cause
+        ) from exc
+
+
+def describe_connect_failure(exc: BaseException) -> tuple[str, str]:
+    """``(label, text)`` for a failed connect: the root cause, not ``HandshakeError()``.
+
+    trio-websocket raises a bare ``HandshakeError`` whose ``__cause__`` chain holds what really
+    happened (``gaierror``, ``ConnectionRefusedError``, ``SSLError``, its own timeout).
+    """
+    chain: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(chain) < 16:
+        current = todo.pop(0)
+        if current in chain:
+            continue
+        chain.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        elif current.__cause__ or current.__context__:
+            todo.append(current.__cause__ or current.__context__)  # type: ignore[arg-type]
+    texts = [str(e) for e in chain if str(e) and not isinstance(e, BaseExceptionGroup)]
+    text = "; ".join(dict.fromkeys(texts)) or type(exc).__name__
+    if any(isinstance(e, ConnectionTimeout | trio.TooSlowError | TimeoutError) for e in chain):
+        return "timeout", f"timed out ({text})"
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return "dns", f"DNS lookup failed ({text})"
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return "tls", f"TLS failed ({text})"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "refused", f"connection refused ({text})"
+    return "network", text
 
 
 def default_ssl_context() -> ssl.SSLContext:
