@@ -100,7 +100,7 @@ class _Runtime:
                 self.plane = plane
                 await nursery.start(self.loop_lag.run)
                 if self.recordings_dir is not None:
-                    await nursery.start(
+                    nursery.start_soon(
                         run_retention,
                         self.recordings_dir,
                         self.settings.observability.recordings_retention_days,

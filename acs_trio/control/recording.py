@@ -106,10 +106,10 @@ class CallRecorder(NullObserver):
     # -- time -----------------------------------------------------------------------------------
 
     def _sample(self, at: float) -> int:
-        return round((at - (self._t0 or 0.0)) * self._rate)
+        return round((at - (0.0 if self._t0 is None else self._t0)) * self._rate)
 
     def _t_ms(self, at: float) -> int:
-        return round((at - (self._t0 or at)) * 1000)
+        return round((at - (at if self._t0 is None else self._t0)) * 1000)
 
     # -- hooks (the call's tasks) -----------------------------------------------------------------
 
@@ -359,14 +359,12 @@ async def open_call_recording(
     """A recorder and its writer thread for one call; the files are closed when this exits."""
     recorder = CallRecorder(directory, on_drop=on_drop)
     writer = _Writer(recorder.queue)
-    written = trio.Event()
     async with trio.open_nursery() as nursery:
         writer_scope = trio.CancelScope(shield=True)
 
         async def run_writer() -> None:
             with writer_scope:
                 await trio.to_thread.run_sync(writer.run, abandon_on_cancel=True)
-            written.set()
 
         nursery.start_soon(run_writer)
         try:
@@ -376,9 +374,10 @@ async def open_call_recording(
             raise
         finally:
             recorder.crashed(RuntimeError("recording closed without a call summary"))
-            with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
-                await written.wait()
-            if not written.is_set():
+            # A real-time wait (in a thread, shielded): the disk's pace, not the Trio clock's.
+            with trio.CancelScope(shield=True):
+                closed = await trio.to_thread.run_sync(writer.done.wait, _CLOSE_TIMEOUT_S)
+            if not closed:
                 logger.error(
                     "recording %s: the writer did not finish within %.0fs (disk stalled?); "
                     "abandoning it",
@@ -410,15 +409,8 @@ def sweep_recordings(directory: Path, max_age_days: float, *, now: float | None 
     return removed
 
 
-async def run_retention(
-    directory: Path,
-    max_age_days: float,
-    interval_s: float,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
+async def run_retention(directory: Path, max_age_days: float, interval_s: float) -> None:
     """Sweep now and every ``interval_s`` (in a worker thread); never raises but Cancelled."""
-    task_status.started()
     if max_age_days <= 0:
         return
     while True:
