@@ -3,7 +3,7 @@
     python bench/load.py [run] [--quick] [--levels 1,10,25,...] [--hold 30] [--call-s 30]
     python bench/load.py leak [--calls 2000] [--concurrency 16] [--call-s 2.5]
     python bench/load.py profile --calls 100 [--seconds 30]
-    python bench/load.py observe [--calls 40] [--rounds 2]   # CPU: metrics/recording off vs on
+    python bench/load.py observe [--calls 40] [--rounds 4]   # CPU: metrics/recording off vs on
 
 The server runs as its own process pinned to core 0 (``taskset -c 0``); this process (fake ACS
 REST + JWKS over TLS, the fake realtime model, all media clients; asyncio + uvloop + picows +
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         default="metrics",
         help="run: server metrics off, on (the default, as shipped), or metrics + RECORDINGS_DIR",
     )
-    parser.add_argument("--rounds", type=int, default=2, help="observe: off/metrics/all rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="observe: measurement windows")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pin_to_core(1)

@@ -43,8 +43,11 @@ class Tee:
             try:
                 hook(observer)
             except Exception:
-                self._broken.add(index)
-                logger.exception("observer %s failed; it is switched off for this call", observer)
+                self._switch_off(index, observer)
+
+    def _switch_off(self, index: int, observer: CallObserver) -> None:
+        self._broken.add(index)
+        logger.exception("observer %s failed; it is switched off for this call", observer)
 
     def on_start(self, ids: CallIds, started_at: float) -> None:
         self._each(lambda o: o.on_start(ids, started_at))
@@ -52,11 +55,22 @@ class Tee:
     def on_audio_format(self, sample_rate: int) -> None:
         self._each(lambda o: o.on_audio_format(sample_rate))
 
+    # The two per-frame hooks skip the closure: they run 50 times a second per direction.
     def on_caller_audio(self, pcm: bytes, silent: bool, at: float) -> None:
-        self._each(lambda o: o.on_caller_audio(pcm, silent, at))
+        for index, observer in enumerate(self._observers):
+            if index not in self._broken:
+                try:
+                    observer.on_caller_audio(pcm, silent, at)
+                except Exception:
+                    self._switch_off(index, observer)
 
     def on_agent_audio(self, pcm: bytes, at: float) -> None:
-        self._each(lambda o: o.on_agent_audio(pcm, at))
+        for index, observer in enumerate(self._observers):
+            if index not in self._broken:
+                try:
+                    observer.on_agent_audio(pcm, at)
+                except Exception:
+                    self._switch_off(index, observer)
 
     def on_stop_audio(self, at: float, latency_ms: float, flushed_ms: float) -> None:
         self._each(lambda o: o.on_stop_audio(at, latency_ms, flushed_ms))

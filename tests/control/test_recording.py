@@ -91,3 +91,27 @@ def test_retention_deletes_only_old_recordings(tmp_path: Path) -> None:
     assert sweep_recordings(tmp_path, 0, now=now) == 0  # 0 keeps forever
     assert sweep_recordings(tmp_path, 30, now=now) == 1
     assert not day.exists()  # the empty day folder goes too
+
+
+def test_a_failing_observer_is_switched_off_and_never_reaches_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from acs_trio.call.observer import NullObserver
+    from acs_trio.control.observe import Tee
+
+    class Broken(NullObserver):
+        def on_caller_audio(self, pcm: bytes, silent: bool, at: float) -> None:
+            raise ZeroDivisionError
+
+    class Counting(NullObserver):
+        frames = 0
+
+        def on_caller_audio(self, pcm: bytes, silent: bool, at: float) -> None:
+            self.frames += 1
+
+    counting = Counting()
+    tee = Tee(Broken(), counting)
+    for _ in range(3):
+        tee.on_caller_audio(b"", True, 0.0)
+    assert counting.frames == 3
+    assert caplog.text.count("switched off for this call") == 1
