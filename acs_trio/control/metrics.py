@@ -26,6 +26,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
@@ -67,6 +68,10 @@ class Metrics:
     """All series of one app; :meth:`expose` renders them for ``GET /metrics``."""
 
     def __init__(self) -> None:
+        # No ``*_created`` series: a start timestamp per label set doubles the scrape for nothing
+        # (Prometheus ignores them in the text format).  prometheus-client has only this global
+        # switch; the process exports nothing else.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry = CollectorRegistry()
         self.live_calls = Gauge(
             "acs_trio_live_calls",
