@@ -20,7 +20,13 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, RECORDINGS_SWEEP_INTERVAL_S, ControlTimeouts, Settings
+from ..config import (
+    MAX_BODY_BYTES,
+    RECORDINGS_SWEEP_INTERVAL_S,
+    ControlTimeouts,
+    Settings,
+    model_shutdown_warning,
+)
 from ..errors import AuthError, KeysUnavailable
 from ..wire.webhook import (
     BadBody,
@@ -77,6 +83,8 @@ class _Runtime:
         self.loop_lag = LoopLag(None if self.metrics is None else self.metrics.loop_lag.observe)
         self.recordings_dir = Path(obs.recordings_dir) if obs.recordings_dir else None
         self.connect_model: ModelConnector = connect_model
+        if (warning := model_shutdown_warning(settings.agent.model)) is not None:
+            logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
 
@@ -95,6 +103,7 @@ class _Runtime:
                 public_base_url=self.acs.public_base_url,
                 max_concurrent_calls=self.settings.server.max_concurrent_calls,
                 timeouts=self._timeouts,
+                connect_model=self.connect_model,
             )
             async with trio.open_nursery() as nursery:
                 self.plane = plane
@@ -232,7 +241,7 @@ def create_app(
 
     @app.route("/api/incomingCall", methods=["OPTIONS"], provide_automatic_options=False)
     async def incoming_call_handshake() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
-        # CloudEvents abuse protection (acs-protocol.md §1.1, Event Grid webhook-event-delivery).
+        # CloudEvents abuse protection (docs/protocols/acs.md §1.1, Event Grid webhook-event-delivery).
         origin = request.headers.get("WebHook-Request-Origin")
         if not origin:
             return Response("missing WebHook-Request-Origin\n", 400)
@@ -297,7 +306,7 @@ def create_app(
         if token not in plane.calls:  # before any JWKS work: junk URLs cost nothing
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
-        # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
+        # docs/protocols/acs.md §5.2: the doc's prose says "Authentication header", its sample reads
         # Authorization; take either.
         authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
         try:
@@ -334,7 +343,7 @@ def create_app(
             ):
                 record.summary = await call_runner(
                     QuartMediaSocket(ws),
-                    rt.connect_model,
+                    rt.connect_model if record.predial is None else record.predial.connector(),
                     handle=record.handle,
                     agent=settings.agent,
                     limits=settings.limits,

@@ -14,8 +14,8 @@ from acs_trio.control.app import create_app
 from acs_trio.control.metrics import Metrics
 from acs_trio.control.observe import instrument_connector
 from acs_trio.errors import ModelConnectError, ModelRejected
+from tests.acs_service import FakeAcsService, callback_event, incoming_call_event
 from tests.control.test_app import Harness, _harness, settings
-from tests.jwt_helpers import FakeAcsService, callback_event, incoming_call_event
 
 
 async def scrape(h: Harness) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

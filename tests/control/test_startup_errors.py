@@ -15,12 +15,14 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from acs_trio.call.lifecycle import EndReason
-from acs_trio.config import CallLimits, ModelEndpoint, Settings
+from acs_trio.call.bridge import run_call
+from acs_trio.call.lifecycle import CallHandle, CallIds, CallSummary, EndReason
+from acs_trio.call.model_socket import ModelConnector
+from acs_trio.config import AgentSettings, CallLimits, ModelEndpoint, Settings
 from acs_trio.control import server
 from acs_trio.control.model_ws import open_model
 from acs_trio.errors import ModelRejected
-from tests.call.test_call import call_with_connector
+from tests.fakes import FakeAcs, TrioMediaSocket, open_ws_pair, record
 
 GOOD = {
     "ACS_CONNECTION_STRING": "endpoint=https://res.communication.azure.com/;accesskey=c2VjcmV0",
@@ -128,6 +130,22 @@ def test_a_lost_bind_race_is_still_one_line(capsys: pytest.CaptureFixture[str]) 
     assert line.startswith("acs-trio serve: cannot listen on 0.0.0.0:8000 (HOST/PORT): ")
 
 
+#: No reconnect attempts: the first failure ends the call (the reconnect policy is tested elsewhere).
+NO_RETRY = CallLimits(model_reconnect_budget_s=0)
+
+
+async def call_with_connector(nursery: trio.Nursery, connect: ModelConnector) -> CallSummary:
+    acs_client, acs_server = await open_ws_pair(nursery)
+    nursery.start_soon(record, acs_client, FakeAcs(acs_client).seen)
+    return await run_call(
+        TrioMediaSocket(acs_server),
+        connect,
+        handle=CallHandle(CallIds("c")),
+        agent=AgentSettings(greeting=None),
+        limits=NO_RETRY,
+    )
+
+
 async def test_unreachable_model_is_a_warning_with_its_cause(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -137,13 +155,13 @@ async def test_unreachable_model_is_a_warning_with_its_cause(
     endpoint = ModelEndpoint(url=f"ws://127.0.0.1:{port}/v1/realtime")
 
     def connect():  # type: ignore[no-untyped-def]
-        return open_model(endpoint, CallLimits())
+        return open_model(endpoint, NO_RETRY)
 
-    summary, _ = await call_with_connector(nursery, connect)
+    summary = await call_with_connector(nursery, connect)
     assert summary.end_reason is EndReason.MODEL_CONNECT_FAILED
-    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert "model_connect_failed" in warning.getMessage()
-    assert f"127.0.0.1:{port}: connection refused" in warning.getMessage()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    [ending] = [text for text in warnings if "ending call: model_connect_failed" in text]
+    assert f"127.0.0.1:{port}: connection refused" in ending
 
 
 async def test_rejecting_model_is_a_warning_with_its_status(
@@ -156,7 +174,7 @@ async def test_rejecting_model_is_a_warning_with_its_status(
         )
         yield
 
-    summary, _ = await call_with_connector(nursery, refused)
+    summary = await call_with_connector(nursery, refused)
     assert summary.end_reason is EndReason.MODEL_CONNECT_FAILED
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("HTTP 401" in text for text in warnings)
