@@ -11,6 +11,7 @@ import base64
 import binascii
 import os
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -29,7 +30,9 @@ __all__ = [
     "Observability",
     "ServerSettings",
     "Settings",
+    "SoftphoneSettings",
     "model_shutdown_warning",
+    "transcription_shutdown_warning",
 ]
 
 #: The official Call Automation token issuer and key set (docs/protocols/acs.md §5.1).
@@ -81,6 +84,37 @@ def model_shutdown_warning(model: str) -> str | None:
         f"realtime model {model!r} has an announced shutdown date of {date} "
         f"(https://developers.openai.com/api/docs/deprecations); "
         f"move to a current model such as {DEFAULT_REALTIME_MODEL!r}"
+    )
+
+
+#: Input transcription models with an announced shutdown date (the replay after a reconnect
+#: needs the caller's transcripts).  Source: the openai SDK 3.63.0 docstring of
+#: ``AudioTranscription.model`` (``types/realtime/audio_transcription.py``): 'Deprecated values:
+#: "whisper-1", "gpt-4o-mini-transcribe", "gpt-4o-mini-transcribe-2025-12-15",
+#: "gpt-4o-transcribe", "gpt-4o-transcribe-diarize": Announced shutdown date: 2027-02-26.'
+#: The same docstring lists ``gpt-transcribe``, ``gpt-live-transcribe`` and
+#: ``gpt-realtime-whisper`` as current options (their availability on Azure is not verified).
+TRANSCRIPTION_MODEL_SHUTDOWNS: dict[str, str] = dict.fromkeys(
+    (
+        "whisper-1",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-transcribe-2025-12-15",
+        "gpt-4o-transcribe",
+        "gpt-4o-transcribe-diarize",
+    ),
+    "2027-02-26",
+)
+
+
+def transcription_shutdown_warning(model: str) -> str | None:
+    """A start-up warning when ``model`` is on :data:`TRANSCRIPTION_MODEL_SHUTDOWNS`."""
+    date = TRANSCRIPTION_MODEL_SHUTDOWNS.get(model.strip().lower())
+    if date is None:
+        return None
+    return (
+        f"input transcription model {model!r} has an announced shutdown date of {date} "
+        f"(https://developers.openai.com/api/docs/deprecations); set INPUT_TRANSCRIPTION_MODEL "
+        f"to a current one (the openai SDK lists 'gpt-transcribe')"
     )
 
 
@@ -215,6 +249,13 @@ JWT_LEEWAY_S = 60.0
 JWKS_REFRESH_INTERVAL_S = 60.0
 JWKS_EMPTY_RETRY_S = 1.0
 JWKS_FETCH_TIMEOUT_S = 5.0
+#: Softphone (docs/softphone.md): browser calls at once, events queued per call (dropped when
+#: the page does not keep up), and how long the page has to open its media socket.
+SOFTPHONE_MAX_CALLS = 4
+SOFTPHONE_EVENT_QUEUE = 256
+SOFTPHONE_MEDIA_CONNECT_S = 10.0
+#: Shortest SOFTPHONE_TOKEN accepted (the token is the page's only credential).
+SOFTPHONE_MIN_TOKEN_CHARS = 22
 
 
 @dataclass(frozen=True)
@@ -270,6 +311,21 @@ LOOP_LAG_INTERVAL_S = 0.25
 
 
 @dataclass(frozen=True)
+class SoftphoneSettings:
+    """The browser softphone page (docs/softphone.md); off unless ``SOFTPHONE=1``."""
+
+    #: The secret in the page's URL (``/softphone/<token>/``); every softphone route checks it.
+    token: str
+
+    def __repr__(self) -> str:  # never print the token
+        return "SoftphoneSettings(token=…)"
+
+    @classmethod
+    def generated(cls) -> SoftphoneSettings:
+        return cls(token=secrets.token_urlsafe(24))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the server needs.  ``acs-trio serve`` requires ``model`` and ``acs``."""
 
@@ -282,6 +338,8 @@ class Settings:
     observability: Observability = field(default_factory=Observability)
     #: Things worth a WARNING once logging is up (e.g. quotes removed from a value).
     notices: tuple[str, ...] = ()
+    #: None (the default): no softphone route exists.
+    softphone: SoftphoneSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -303,6 +361,7 @@ class Settings:
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
             observability=_observability_from_env(env),
+            softphone=_softphone_from_env(env),
         )
         return replace(settings, notices=tuple(env.notices))
 
@@ -605,3 +664,30 @@ def _observability_from_env(env: _Env) -> Observability:
             "RECORDINGS_RETENTION_DAYS", _non_negative_float, d.recordings_retention_days
         ),
     )
+
+
+def _switch(value: str) -> bool:
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1 or 0")
+
+
+def _softphone_from_env(env: _Env) -> SoftphoneSettings | None:
+    enabled = env.get("SOFTPHONE", _switch, False)
+    token = env.raw("SOFTPHONE_TOKEN")
+    if not enabled:
+        if token is not None:
+            raise ConfigError(
+                "SOFTPHONE_TOKEN is set but SOFTPHONE is not 1: set SOFTPHONE=1 or unset it"
+            )
+        return None
+    if token is None:
+        return SoftphoneSettings.generated()
+    if len(token) < SOFTPHONE_MIN_TOKEN_CHARS or re.fullmatch(r"[A-Za-z0-9_-]+", token) is None:
+        raise ConfigError(
+            f"SOFTPHONE_TOKEN must be at least {SOFTPHONE_MIN_TOKEN_CHARS} URL-safe characters "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    return SoftphoneSettings(token=token)

@@ -45,6 +45,7 @@ from ..wire.acs_media import AudioData, AudioMetadata, DtmfData, UnknownKind, pa
 from .agent_audio import AgentAudio, OutboundFrame
 from .caller_audio import CallerAudio
 from .conversation import Conversation
+from .events import CallEvent, CallEventSink
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
 from .model_session import RETRYABLE_ERROR_CODES, Backoff, EventIds, configure_session, is_retryable
@@ -73,12 +74,16 @@ async def run_call(
     handle: CallHandle,
     agent: AgentSettings,
     limits: CallLimits,
+    events: CallEventSink | None = None,
 ) -> CallSummary:
     """Bridge one call until it ends; see the module docstring.
 
+    ``events``, if given, is called with each :data:`~acs_trio.call.events.CallEvent` (transcripts,
+    latencies, barge-ins, the end); it must not block or raise.
+
     Never raises, except ``trio.Cancelled`` from an enclosing scope (after the same cleanup).
     """
-    return await _CallBridge(media, handle, agent, limits).run(connect_model)
+    return await _CallBridge(media, handle, agent, limits, events).run(connect_model)
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
@@ -98,9 +103,15 @@ class _CallBridge:
     """All state of one call lives here and dies with it: nothing is shared between calls."""
 
     def __init__(
-        self, media: MediaSocket, handle: CallHandle, agent: AgentSettings, limits: CallLimits
+        self,
+        media: MediaSocket,
+        handle: CallHandle,
+        agent: AgentSettings,
+        limits: CallLimits,
+        events: CallEventSink | None = None,
     ) -> None:
         self.media = media
+        self.events = events
         self.handle = handle
         self.agent = agent
         self.limits = limits
@@ -127,6 +138,7 @@ class _CallBridge:
             lead_ms=limits.playout_lead_ms,
             cut_line=self.agent_audio.cut_line,
             observer=self.observer,
+            events=events,
         )
         # Cancelled by end(); created up front so an early end applies the moment they are entered.
         self.acs_scope = trio.CancelScope()
@@ -152,12 +164,15 @@ class _CallBridge:
         self.recycle_requested = self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
         self.failed_in_a_row = 0
+        #: The greeting was asked for but not delivered yet: a new session is asked again.
+        self.greeting_owed = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def run(self, connect_model: ModelConnector) -> CallSummary:
         self.log.info("call started")
         self.observer.on_start(self.handle.ids, self.summary.started_at)
+        self.emit({"type": "call_started", "call_id": self.handle.ids.call_id})
         self.handle.bind(self.on_end)
         try:
             async with trio.open_nursery() as nursery:
@@ -178,8 +193,16 @@ class _CallBridge:
             summary.end_reason, summary.end_detail = reason, detail
             self.log.info("call ended %s", summary.log_fields(), extra=summary.log_extra())
             self.observer.on_end(summary)
+            self.emit(_ended_event(summary))
             self.handle.finished.set()
         return summary
+
+    def emit(self, event: CallEvent) -> None:
+        if self.events is not None:
+            self.events(event)
+
+    def emit_transcript(self, role: str, item_id: str, text: str) -> None:
+        self.emit({"type": "transcript", "role": role, "item_id": item_id, "text": text})
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         if self.handle.end_request is None:
@@ -344,11 +367,16 @@ class _CallBridge:
                     if self.recycle_requested:
                         self.recycle_requested = False
                         self.summary.session_recycles += 1
-                        delay = 0.0
+                        delay, backoff = 0.0, None
                         continue
                     return  # the call is ending
-                if self.session_live_since is not None:
-                    backoff = None  # a confirmed session: this is a new outage
+                since = self.session_live_since
+                if since is not None and (
+                    trio.current_time() - since >= self.limits.model_reconnect_budget_s
+                ):
+                    # A session that stayed up a whole budget: this is a new outage.  One that
+                    # drops right after it is confirmed does not reset the budget (no spinning).
+                    backoff = None
                 retryable, retry_after = is_retryable(failure)
                 backoff = backoff or Backoff(self.limits)
                 next_delay = backoff.next_delay(retry_after) if retryable else None
@@ -420,17 +448,24 @@ class _CallBridge:
             self.log.info("model session ready in %.0f ms", (now - self.summary.started_at) * 1000)
             if self.agent.greeting:
                 self.playout.expect_greeting(now)
-                # A request, not per-response instructions: the persona stays in force (L3).
-                await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
-                await ws.send(rt.response_create(self.event_ids()))
+                self.greeting_owed = True
         else:
             self.summary.model_reconnects += not self.recycle_pending
+            # Items of the lost session whose audio never arrived (the transcript runs ahead
+            # of it) were not heard: they are not replayed.
+            for item_id in self.agent_audio.unheard_items(self.agent_audio.session):
+                self.conversation.forget(item_id)
             for event in self.conversation.replay(self.event_ids):
                 await ws.send(event)
-            if self.answer_owed or self.response_active:
-                # The caller was waiting for an answer the old session never finished.
-                self.playout.expect_answer(now, self.agent_audio.latest_seq)
-                await ws.send(rt.response_create(self.event_ids()))
+        if self.greeting_owed and self.agent.greeting:
+            # A request, not per-response instructions: the persona stays in force (L3).  Asked
+            # again of a new session until a response completes or the caller speaks.
+            await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
+            await ws.send(rt.response_create(self.event_ids()))
+        elif not first and (self.answer_owed or self.response_active):
+            # The caller was waiting for an answer the old session never finished.
+            self.playout.expect_answer(now, self.agent_audio.latest_seq)
+            await ws.send(rt.response_create(self.event_ids()))
         self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
         self.agent_audio.session = self.sessions
@@ -497,6 +532,16 @@ class _CallBridge:
         """Before the session's time limit, move to a fresh one while nobody is speaking."""
         limits = self.limits
         expires_at = self.session_expires_at
+        if expires_at - limits.session_recycle_margin_s <= trio.current_time():
+            # Already "expiring" as it opens: a fresh session would be too, so replacing it
+            # would loop.  Our clock disagrees with the service's; let the service end it
+            # (session_expired and 1001 are retried).
+            self.log.warning(
+                "model session expires_at is %.0f s away as it opens (clock skew?): "
+                "not replacing it early",
+                expires_at - trio.current_time(),
+            )
+            return
         await trio.sleep_until(expires_at - limits.session_recycle_margin_s)
         force_at = expires_at - limits.session_recycle_force_s
         # Polled: "quiet" is a conjunction of states owned by three tasks.
@@ -547,6 +592,7 @@ class _CallBridge:
                 await self.push_frames(self.agent_audio.frames(event))
         elif isinstance(event, rt.SpeechStarted):
             self.caller_speaking = True
+            self.greeting_owed = False
             self.conversation.caller_turn(event.item_id)
             await self.on_speech_started(ws)
         elif isinstance(event, rt.SpeechStopped):
@@ -555,6 +601,7 @@ class _CallBridge:
             self.caller_speaking = False
             self.answer_owed = True
             self.summary.turns += 1
+            self.emit({"type": "speech_stopped", "turn": self.summary.turns})
             self.playout.expect_answer(now, self.agent_audio.latest_seq)
         elif isinstance(event, rt.ResponseCreated):
             self.agent_audio.seq_of(event.response_id)
@@ -576,9 +623,11 @@ class _CallBridge:
         elif isinstance(event, rt.OutputTranscript):
             self.conversation.agent_said(event.item_id, event.transcript)
             self.observer.on_transcript("agent", event.transcript, trio.current_time())
+            self.emit_transcript("agent", event.item_id, event.transcript)
         elif isinstance(event, rt.InputTranscript):
             self.conversation.caller_said(event.item_id, event.transcript)
             self.observer.on_transcript("caller", event.transcript, trio.current_time())
+            self.emit_transcript("caller", event.item_id, event.transcript)
 
     def on_model_error(self, event: rt.ErrorEvent) -> None:
         self.summary.model_errors += 1
@@ -598,6 +647,7 @@ class _CallBridge:
     def on_response_done(self, event: rt.ResponseDone) -> None:
         self.response_active = False
         if not event.failed:
+            self.greeting_owed = False
             if event.status == "completed":
                 self.failed_in_a_row = 0
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)
@@ -625,6 +675,7 @@ class _CallBridge:
         # Every response so far is now interrupted: none of its audio may reach the caller.
         self.agent_audio.cut_all()
         cut = self.playout.interrupt()
+        self.emit({"type": "speech_started", "barge_in": cut is not None})
         if cut is not None:
             self.summary.barge_ins += 1
             self.log.info(
@@ -678,3 +729,17 @@ class _CallBridge:
                     await self.frames_send.send(frame)
         except trio.BrokenResourceError:
             return  # the sender has stopped: the call is ending; nobody would hear it
+
+
+def _ended_event(summary: CallSummary) -> CallEvent:
+    return {
+        "type": "call_ended",
+        "reason": summary.end_reason.value,
+        "detail": summary.end_detail,
+        "duration_s": round(summary.duration_s, 3),
+        "turns": summary.turns,
+        "barge_ins": summary.barge_ins,
+        "frames_in": summary.frames_in,
+        "frames_out": summary.frames_out,
+        "bad_acs_messages": summary.bad_acs_messages,
+    }

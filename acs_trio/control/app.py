@@ -18,7 +18,7 @@ import trio
 from hypercorn.utils import UnexpectedMessageError
 from quart import Response, request, websocket
 
-from ..call.lifecycle import CallSummary
+from ..call.lifecycle import CallHandle, CallSummary
 from ..call.model_socket import ModelConnector
 from ..config import (
     MAX_BODY_BYTES,
@@ -26,6 +26,7 @@ from ..config import (
     ControlTimeouts,
     Settings,
     model_shutdown_warning,
+    transcription_shutdown_warning,
 )
 from ..errors import AuthError, KeysUnavailable
 from ..wire.webhook import (
@@ -46,6 +47,7 @@ from .model_ws import model_connector
 from .observe import instrument_connector, observe_call
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
 from .recording import run_retention
+from .softphone import SoftphoneCalls, install_softphone, softphone_path
 
 __all__ = ["create_app"]
 
@@ -85,8 +87,12 @@ class _Runtime:
         self.connect_model: ModelConnector = connect_model
         if (warning := model_shutdown_warning(settings.agent.model)) is not None:
             logger.warning("%s", warning)
+        if warning := transcription_shutdown_warning(settings.agent.transcription_model):
+            logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
+        #: Browser calls, when SOFTPHONE=1 (docs/softphone.md); drained with the phone calls.
+        self.softphone: SoftphoneCalls | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with open_acs_rest(
@@ -121,9 +127,13 @@ class _Runtime:
                 nursery.cancel_scope.cancel()
 
     async def stop(self) -> None:
+        if self.softphone is not None:
+            self.softphone.draining = True
         if self.plane is not None:
             await self.plane.drain(self.settings.server.shutdown_grace_s)
             self.plane.close()
+        if self.softphone is not None:
+            await self.softphone.stop()
 
     @property
     def ready(self) -> bool:
@@ -193,6 +203,12 @@ def create_app(
     call_runner: RunCall = run_call
     timeouts = ControlTimeouts() if timeouts is None else timeouts
     rt = _Runtime(settings, http_transport, connect_model, timeouts)
+
+    async def observed_runner(*args: Any, handle: CallHandle, **kwargs: Any) -> CallSummary:
+        """``run_call`` with the call's metrics, recording and log ids (control/observe.py)."""
+        async with observe_call(handle, metrics=rt.metrics, recordings_dir=rt.recordings_dir):
+            return await call_runner(*args, handle=handle, **kwargs)
+
     app = AcsTrioApp(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # quart-trio puts this deadline on the lifespan nursery at shutdown: room for the drain.
@@ -338,20 +354,33 @@ def create_app(
         try:
             # Inside the try: a failed or cancelled accept must still report media_done.
             await ws.accept()
-            async with observe_call(
-                record.handle, metrics=rt.metrics, recordings_dir=rt.recordings_dir
-            ):
-                record.summary = await call_runner(
-                    QuartMediaSocket(ws),
-                    rt.connect_model if record.predial is None else record.predial.connector(),
-                    handle=record.handle,
-                    agent=settings.agent,
-                    limits=settings.limits,
-                )
+            record.summary = await observed_runner(
+                QuartMediaSocket(ws),
+                rt.connect_model if record.predial is None else record.predial.connector(),
+                handle=record.handle,
+                agent=settings.agent,
+                limits=settings.limits,
+            )
         finally:
             record.media_done.set()
         return None
 
+    if settings.softphone is not None:
+        # Off by default: SOFTPHONE=1 adds the page, behind the token in its URL.
+        rt.softphone = SoftphoneCalls()
+        install_softphone(
+            app,
+            settings,
+            settings.softphone,
+            rt.softphone,
+            connect_model=lambda: rt.connect_model,
+            run_call=observed_runner,
+        )
+        logger.warning(
+            "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",
+            settings.require_acs().public_base_url,
+            softphone_path(settings.softphone),
+        )
     return app
 
 
