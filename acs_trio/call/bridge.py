@@ -24,20 +24,24 @@ The ACS socket is closed last, under a shielded deadline, and one summary line i
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 
-from ..config import AgentSettings, CallLimits
+from ..config import ActionSettings, AgentSettings, CallLimits
 from ..errors import MediaClosed, ModelClosed, ModelConnectError, ModelRejected, ProtocolError
+from ..tools import Tool, ToolContext
 from ..wire import realtime as rt
 from ..wire.acs_media import AudioData, AudioMetadata, DtmfData, UnknownKind, parse_acs_message
 from .agent_audio import AgentAudio
 from .caller_audio import CallerAudio
+from .dtmf import DtmfCollector, dtmf_text
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
 from .model_socket import ModelConnector, ModelSocket
 from .playout import OutboundFrame, Playout
+from .tool_runner import ToolRunner
 
 __all__ = ["run_call"]
 
@@ -54,12 +58,20 @@ async def run_call(
     handle: CallHandle,
     agent: AgentSettings,
     limits: CallLimits,
+    tools: Sequence[Tool] = (),
+    actions: ActionSettings | None = None,
 ) -> CallSummary:
     """Bridge one call until it ends; see the module docstring.
 
+    ``tools`` are the custom tools offered to the model (besides the built-in ``end_call`` and,
+    with ``actions.transfer_target``, ``transfer_call``); ``actions`` sets their limits and the
+    keypad (DTMF) handling (docs/tools.md).
+
     Never raises, except ``trio.Cancelled`` from an enclosing scope (after the same cleanup).
     """
-    return await _CallBridge(media, handle, agent, limits).run(connect_model)
+    bridge = _CallBridge(media, handle, agent, limits)
+    bridge.add_actions(tools, actions or ActionSettings())
+    return await bridge.run(connect_model)
 
 
 class _CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -98,6 +110,32 @@ class _CallBridge:
         self.model_connect_scope = trio.CancelScope()
         self.model_session_scope = trio.CancelScope()
         self.model_connected = False
+        self.actions_scope = trio.CancelScope()
+
+    def add_actions(self, tools: Sequence[Tool], actions: ActionSettings) -> None:
+        """Tools (in a child scope of the call) and the keypad; docs/tools.md."""
+        self.actions = actions
+        context = ToolContext(call_id=self.handle.ids.call_id, caller=self.handle.caller)
+        self.tool_runner = ToolRunner(
+            tools=tools,
+            settings=actions,
+            context=context,
+            outbox=self.outbox_send.clone(),
+            summary=self.summary,
+            log=self.log,
+            wait_played_out=self.playout.wait_played_out,
+            end=self.end,
+            control=self.handle.control,
+        )
+        self.dtmf_outbox = self.outbox_send.clone()
+        self.dtmf: DtmfCollector | None = None
+        if actions.dtmf_enabled:
+            self.dtmf = DtmfCollector(
+                inter_digit_timeout_s=actions.dtmf_inter_digit_timeout_ms / 1000,
+                terminator=actions.dtmf_terminator,
+                max_digits=actions.dtmf_max_digits,
+                send=self.send_keypad_entry,
+            )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -108,6 +146,7 @@ class _CallBridge:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.run_model, connect_model)
                 nursery.start_soon(self.run_acs_side)
+                nursery.start_soon(self.run_actions)
         finally:
             reason, detail = self.handle.end_request or (
                 EndReason.CANCELLED,
@@ -134,6 +173,7 @@ class _CallBridge:
         """The handle's first cancel: stop both sides (see the module docstring)."""
         self.acs_scope.cancel()
         self.model_session_scope.cancel()
+        self.actions_scope.cancel()  # running tools die with the call
         if not self.model_connected:
             self.model_connect_scope.cancel()
 
@@ -208,7 +248,7 @@ class _CallBridge:
                         elif isinstance(message, AudioMetadata):
                             self.on_metadata(message)
                         elif isinstance(message, DtmfData):
-                            self.log.info("DTMF tone %r", message.tone)
+                            await self.on_dtmf(message)
                         elif isinstance(message, UnknownKind):
                             self.unknown_kind(message.kind)
                 if self.summary.bad_acs_messages > self.limits.max_bad_messages:
@@ -287,7 +327,7 @@ class _CallBridge:
         try:
             ready = trio.current_time()
             self.log.info("model connected in %.0f ms", (ready - self.summary.started_at) * 1000)
-            await ws.send(rt.session_update(self.agent))
+            await ws.send(rt.session_update(self.agent, self.tool_runner.declarations()))
             if self.agent.greeting:
                 self.playout.expect_greeting(ready)
                 await ws.send(rt.response_create(self.agent.greeting))
@@ -335,6 +375,9 @@ class _CallBridge:
             self.playout.expect_answer(now, self.agent_audio.latest_seq)
         elif isinstance(event, rt.ResponseCreated):
             self.agent_audio.seq_of(event.response_id)
+            self.tool_runner.on_response_created()
+        elif isinstance(event, rt.FunctionCall):
+            self.tool_runner.on_function_call(event)
         elif isinstance(event, rt.AudioDone):
             await self.push_frames(self.agent_audio.flush())
         elif isinstance(event, rt.ErrorEvent):
@@ -350,6 +393,7 @@ class _CallBridge:
                 )
         elif isinstance(event, rt.ResponseDone):
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)
+            self.tool_runner.on_response_done(event.response_id)
         elif isinstance(event, rt.OutputTranscript | rt.InputTranscript):
             self.log.debug("%s: %s", type(event).__name__, event.transcript)
 
@@ -386,3 +430,59 @@ class _CallBridge:
                     await self.frames_send.send(frame)
         except trio.BrokenResourceError:
             return  # the sender has stopped: the call is ending; nobody would hear it
+
+    # --- tools and the keypad (docs/tools.md) -------------------------------------------------
+
+    async def run_actions(self) -> None:
+        """Tool calls and the keypad timer, in a scope the call's end cancels."""
+        with self.actions_scope, self.dtmf_outbox:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.tool_runner.run)
+                    if self.dtmf is not None:
+                        nursery.start_soon(self.dtmf.run)
+            except* Exception as group:
+                self.crashed(group)
+
+    async def on_dtmf(self, message: DtmfData) -> None:
+        if self.dtmf is None:
+            self.log.info("DTMF tone %r ignored (DTMF_ENABLED is off)", message.tone[:8])
+            return
+        self.last_speech = trio.current_time()
+        if self.playout.audible:
+            await self.keypad_barge_in()
+        if not await self.dtmf.push(message.tone):
+            self.bad_acs_message(f"unknown DTMF tone {message.tone[:16]!r}")
+
+    async def keypad_barge_in(self) -> None:
+        """A key pressed while the agent speaks interrupts it, like speech does.
+
+        There is no server VAD event for a key, so besides StopAudio and the truncate the
+        response still being generated is cancelled (``response.cancel``, realtime §2.5).
+        """
+        cut = self.playout.interrupt(self.agent_audio.cut_all())
+        if cut is None:
+            return
+        self.summary.barge_ins += 1
+        messages = [rt.response_cancel()] if self.tool_runner.responding else []
+        if cut.item_id is not None and cut.sent_ms > 0:
+            audio_end_ms = int(min(cut.sent_ms, self.agent_audio.received_ms(cut.item_id)))
+            if audio_end_ms > 0:
+                self.summary.truncated_at_ms.append(audio_end_ms)
+                messages.append(rt.truncate_item(cut.item_id, audio_end_ms))
+        self.log.info("keypad barge-in: agent audio stopped")
+        try:
+            for message in messages:
+                await self.outbox_send.send(message)
+        except trio.BrokenResourceError:
+            return  # the model side has stopped: the call is ending
+
+    async def send_keypad_entry(self, keys: str) -> None:
+        """One keypad entry → one user text item; ``response.create`` when no response runs."""
+        self.log.info("keypad entry %r sent to the model", keys)
+        self.summary.dtmf_entries += 1
+        try:
+            await self.dtmf_outbox.send(rt.user_text(dtmf_text(keys)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        self.tool_runner.want_response()

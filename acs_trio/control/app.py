@@ -21,6 +21,7 @@ from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
 from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings
 from ..errors import AuthError, KeysUnavailable
+from ..tools import load_tools
 from ..wire.webhook import (
     BadBody,
     IncomingCall,
@@ -62,6 +63,10 @@ class _Runtime:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
         self.connect_model: ModelConnector = connect_model
+        # Fail closed: a bad AGENT_TOOLS stops the server here, with one line.
+        self.tools = (
+            load_tools(settings.actions.tools_module) if settings.actions.tools_module else []
+        )
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
 
@@ -80,6 +85,7 @@ class _Runtime:
                 public_base_url=self.acs.public_base_url,
                 max_concurrent_calls=self.settings.server.max_concurrent_calls,
                 timeouts=self._timeouts,
+                enable_dtmf_tones=self.settings.actions.dtmf_enabled,
             )
             async with trio.open_nursery() as nursery:
                 self.plane = plane
@@ -295,6 +301,8 @@ def create_app(
                 handle=record.handle,
                 agent=settings.agent,
                 limits=settings.limits,
+                tools=rt.tools,
+                actions=settings.actions,
             )
         finally:
             record.media_done.set()
