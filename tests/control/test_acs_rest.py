@@ -123,7 +123,10 @@ async def test_answer_without_dtmf_leaves_the_tones_off() -> None:
 
     async with open_acs_rest(CONNECTION_STRING, transport=httpx.MockTransport(handler)) as rest:
         await rest.answer_call(
-            "ctx-1", callback_url="https://x/cb", transport_url="wss://x/ws", enable_dtmf_tones=False
+            "ctx-1",
+            callback_url="https://x/cb",
+            transport_url="wss://x/ws",
+            enable_dtmf_tones=False,
         )
     assert json.loads(seen[0].content)["mediaStreamingOptions"]["enableDtmfTones"] is False
 
