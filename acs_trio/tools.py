@@ -201,7 +201,7 @@ def _make_tool(func: Callable[..., Any], name: str, timeout_s: float | None) -> 
         if param.kind in {param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY}:
             raise TypeError(f"tool {name!r}: parameter {param.name!r} must be a named parameter")
         hint = hints.get(param.name)
-        if hint is ToolContext:
+        if hint is ToolContext or ToolContext in typing.get_args(hint):
             context_param = param.name
             continue
         if hint is None:
