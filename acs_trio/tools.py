@@ -14,7 +14,7 @@ A tool is a plain Python function::
         return {"status": "shipped"}
 
 The model sees ``{"type": "function", "name": "lookup_order", "description": "Look up an order by
-its number.", "parameters": {...}}`` in ``session.update`` (realtime-protocol.md §2.1): the
+its number.", "parameters": {...}}`` in ``session.update`` (docs/protocols/realtime.md §2.1): the
 description is the docstring's first paragraph, each parameter's type comes from its annotation
 (``str``, ``int``, ``float``, ``bool``, ``list[...]``, ``Literal[...]``, ``X | None``) and its
 description from the docstring's ``Args:`` section; a parameter with a default is optional.
@@ -89,7 +89,7 @@ class Tool:
         return inspect.iscoroutinefunction(self.func)
 
     def declaration(self) -> dict[str, Any]:
-        """The ``session.tools`` entry (realtime-protocol.md §2.1)."""
+        """The ``session.tools`` entry (docs/protocols/realtime.md §2.1)."""
         return {
             "type": "function",
             "name": self.name,

@@ -1,4 +1,4 @@
-"""Keypad tones (``DtmfData``, acs-protocol.md §4.2) collected into one entry for the model.
+"""Keypad tones (``DtmfData``, docs/protocols/acs.md §4.2) collected into one entry for the model.
 
 Tones arrive one message per key.  An entry ends when the terminator (``#`` by default) is pressed
 (it is kept, so the model sees ``123#``), when no key comes for the inter-digit timeout, or when it
@@ -16,7 +16,7 @@ import trio
 
 __all__ = ["KEYPAD_TONES", "DtmfCollector", "dtmf_text"]
 
-#: Tones ACS reports: 0-9, ``*``, ``#`` and A-D (acs-protocol.md §4.2 gives ``"data": "3"``).
+#: Tones ACS reports: 0-9, ``*``, ``#`` and A-D (docs/protocols/acs.md §4.2 gives ``"data": "3"``).
 KEYPAD_TONES = frozenset("0123456789*#ABCD")
 #: Spelled-out tone names some senders use, mapped to the key.
 _NAMED = {

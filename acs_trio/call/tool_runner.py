@@ -1,6 +1,6 @@
 """One call's tool calls: run in a child nursery of the call, bounded, answered in order.
 
-Realtime function calling (realtime-protocol.md §2.4, §3.2): the model ends a response with one or
+Realtime function calling (docs/protocols/realtime.md §2.4, §3.2): the model ends a response with one or
 more ``function_call`` items; for each, :meth:`ToolRunner.on_function_call` starts a task in this
 call's tool nursery (a child of the call's nursery, so when the call ends every running tool is
 cancelled with it).  A finished tool's JSON result goes to the model as a ``function_call_output``

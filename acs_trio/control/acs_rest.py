@@ -180,7 +180,7 @@ class AnsweredCall:
 def media_streaming_options(
     transport_url: str, *, enable_dtmf_tones: bool = True
 ) -> MediaStreamingOptions:
-    """The one media configuration this server answers with (acs-protocol.md §2.3, contract).
+    """The one media configuration this server answers with (docs/protocols/acs.md §2.3, contract).
 
     ``enable_dtmf_tones`` (wire ``enableDtmfTones``) makes ACS put ``DtmfData`` messages on the
     media socket (§4.2); ``DTMF_ENABLED=false`` answers without it.
@@ -241,7 +241,7 @@ class AcsRest:
             raise AcsRestError(f"answer_call: unusable response: {exc!r}") from exc
 
     async def hang_up(self, call_connection_id: str) -> None:
-        """End the call for everyone (``POST …:terminate``, acs-protocol.md §2.4)."""
+        """End the call for everyone (``POST …:terminate``, docs/protocols/acs.md §2.4)."""
         client = self._require_client()
         try:
             connection = client.get_call_connection(call_connection_id)
@@ -254,7 +254,7 @@ class AcsRest:
     async def transfer_call_to_participant(
         self, call_connection_id: str, target: str, *, operation_context: str
     ) -> None:
-        """Transfer the call to ``target`` (``POST …:transferToParticipant``, acs-protocol.md §2.4).
+        """Transfer the call to ``target`` (``POST …:transferToParticipant``, docs/protocols/acs.md §2.4).
 
         The outcome arrives later as ``CallTransferAccepted``/``CallTransferFailed`` carrying
         ``operation_context`` (§3).

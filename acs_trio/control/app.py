@@ -19,7 +19,7 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings
+from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings, model_shutdown_warning
 from ..errors import AuthError, KeysUnavailable
 from ..tools import load_tools
 from ..wire.webhook import (
@@ -67,6 +67,8 @@ class _Runtime:
         self.tools = (
             load_tools(settings.actions.tools_module) if settings.actions.tools_module else []
         )
+        if (warning := model_shutdown_warning(settings.agent.model)) is not None:
+            logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
 
@@ -86,6 +88,7 @@ class _Runtime:
                 max_concurrent_calls=self.settings.server.max_concurrent_calls,
                 timeouts=self._timeouts,
                 enable_dtmf_tones=self.settings.actions.dtmf_enabled,
+                connect_model=self.connect_model,
             )
             async with trio.open_nursery() as nursery:
                 self.plane = plane
@@ -200,7 +203,7 @@ def create_app(
 
     @app.route("/api/incomingCall", methods=["OPTIONS"], provide_automatic_options=False)
     async def incoming_call_handshake() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
-        # CloudEvents abuse protection (acs-protocol.md §1.1, Event Grid webhook-event-delivery).
+        # CloudEvents abuse protection (docs/protocols/acs.md §1.1, Event Grid webhook-event-delivery).
         origin = request.headers.get("WebHook-Request-Origin")
         if not origin:
             return Response("missing WebHook-Request-Origin\n", 400)
@@ -263,7 +266,7 @@ def create_app(
         if token not in plane.calls:  # before any JWKS work: junk URLs cost nothing
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
-        # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
+        # docs/protocols/acs.md §5.2: the doc's prose says "Authentication header", its sample reads
         # Authorization; take either.
         authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
         try:
@@ -297,7 +300,7 @@ def create_app(
             await ws.accept()
             record.summary = await call_runner(
                 QuartMediaSocket(ws),
-                rt.connect_model,
+                rt.connect_model if record.predial is None else record.predial.connector(),
                 handle=record.handle,
                 agent=settings.agent,
                 limits=settings.limits,

@@ -3,7 +3,7 @@
 One :class:`RecordControl` per call, put on the call's handle when the call is admitted.  A
 transfer is ``transfer_call_to_participant`` with a fresh operation context, then a wait for the
 callback that carries the same ``operationContext`` (``CallTransferAccepted`` or
-``CallTransferFailed``, acs-protocol.md §3), bounded by ``timeout_s``.  A callback naming another
+``CallTransferFailed``, docs/protocols/acs.md §3), bounded by ``timeout_s``.  A callback naming another
 operation, or arriving after the wait, changes nothing.
 """
 

@@ -19,6 +19,8 @@ from collections import OrderedDict
 import trio
 
 from ..call.lifecycle import CallHandle, CallIds, EndReason
+from ..call.model_socket import ModelConnector
+from ..call.predial import PreDial
 from ..config import SEEN_EVENTS_MAX, ControlTimeouts
 from ..wire.webhook import CallbackEvent, IncomingCall
 from .acs_rest import AcsRest
@@ -55,8 +57,11 @@ class ControlPlane:
         max_concurrent_calls: int,
         timeouts: ControlTimeouts | None = None,
         enable_dtmf_tones: bool = True,
+        connect_model: ModelConnector | None = None,
     ) -> None:
         self._rest = rest
+        #: Early dial (issue 10): with a connector, each admitted call dials its model at once.
+        self._connect_model = connect_model
         self._base = public_base_url.rstrip("/")
         self._max_calls = max_concurrent_calls
         self._timeouts = ControlTimeouts() if timeouts is None else timeouts
@@ -152,6 +157,8 @@ class ControlPlane:
         record.handle.caller = incoming.caller
         control = RecordControl(record, self._rest, rest_timeout_s=self._timeouts.answer_s)
         record.handle.control = self._controls[token] = control
+        if self._connect_model is not None:
+            record.predial = PreDial(self._connect_model)
         # Registered BEFORE answer_call: the media socket may connect before it returns.
         self.calls[token] = record
         self._idle = trio.Event() if self._idle.is_set() else self._idle
@@ -180,7 +187,7 @@ class ControlPlane:
         return record
 
     def on_callback(self, token: str, event: CallbackEvent) -> None:
-        """Apply one Call Automation event to its call (acs-protocol.md §3); never to another."""
+        """Apply one Call Automation event to its call (docs/protocols/acs.md §3); never to another."""
         record = self.calls.get(token)
         if record is None:
             logger.info(
@@ -237,11 +244,15 @@ class ControlPlane:
 
     async def _supervise(self, record: CallRecord) -> None:
         try:
-            await self._supervisor.run(
-                record,
-                callback_url=self.callback_url(record.token),
-                transport_url=self.transport_url(record.token),
-            )
+            async with trio.open_nursery() as nursery:
+                if record.predial is not None:  # in parallel with answer_call
+                    nursery.start_soon(record.predial.run)
+                await self._supervisor.run(
+                    record,
+                    callback_url=self.callback_url(record.token),
+                    transport_url=self.transport_url(record.token),
+                )
+                nursery.cancel_scope.cancel()  # the call is over: drop an unused early socket
         finally:
             del self.calls[record.token]
             del self._controls[record.token]

@@ -29,8 +29,7 @@ from acs_trio.config import (
 )
 from acs_trio.control.app import create_app
 from acs_trio.errors import ConfigError
-from tests.fakes import FakeModel, pcm_tone
-from tests.jwt_helpers import (
+from tests.acs_service import (
     ISSUER,
     JWKS_URL,
     RESOURCE_ID,
@@ -38,6 +37,7 @@ from tests.jwt_helpers import (
     callback_event,
     incoming_call_event,
 )
+from tests.fakes import FakeModel, pcm_tone
 
 
 def settings(actions: ActionSettings) -> Settings:
@@ -72,7 +72,7 @@ class Server:
         response = await self.client.post(
             f"/api/callbacks/{self.acs.token_of(1)}",
             json=[event],
-            headers={"Authorization": self.acs.keys.bearer()},
+            headers={"Authorization": self.acs.signer.bearer()},
         )
         assert response.status_code == 200
         await trio.testing.wait_all_tasks_blocked()
@@ -108,7 +108,7 @@ async def media(srv: Server) -> AsyncIterator[None]:
     await trio.testing.wait_all_tasks_blocked()
     path = f"/ws/{srv.acs.token_of(1)}"
     async with (
-        srv.client.websocket(path, headers={"Authorization": srv.acs.keys.bearer()}) as ws,
+        srv.client.websocket(path, headers={"Authorization": srv.acs.signer.bearer()}) as ws,
         trio.open_nursery() as nursery,
     ):
         meta = {"subscriptionId": "s", "encoding": "PCM", "sampleRate": 24000, "channels": 1}

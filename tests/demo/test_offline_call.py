@@ -121,7 +121,7 @@ async def test_offline_demo_call(tmp_path: Path, caller_wav: Path) -> None:
     assert server["tool_calls"] == 1
     assert sim["hung_up_by"] == "server (REST terminate (hang_up for everyone))"
     assert 0 <= sim["hang_up_after_played_ms"] < 300  # not before the goodbye had played
-    assert png_size((out / "timeline.png").read_bytes()) == (1200, 360)
+    assert png_size((out / "timeline.png").read_bytes()) == (1200, 540)
 
     text = demo.summary_text(result)
     assert "OK" in text and "not a language model" in text

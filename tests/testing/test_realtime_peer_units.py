@@ -83,7 +83,7 @@ def test_merge_session_update_rules() -> None:
     merged = merge_session_update(
         current, {"type": "realtime", "model": "other", "tools": [], "audio": no_vad}
     )
-    assert merged["model"] == "m"  # "model cannot change" (RP §2.1)
+    assert merged["model"] == "m"  # "model cannot change" (docs/protocols/realtime.md §2.1)
     assert merged["audio"]["input"]["turn_detection"] is None
     assert current["audio"]["input"]["turn_detection"] is not None  # not mutated
     with pytest.raises(PeerRequestError) as err:
@@ -183,7 +183,7 @@ def test_scripted_end_call_after_the_nth_phrase(offered: bool) -> None:
             [e["name"] for e in events if e["type"] == "response.function_call_arguments.done"]
         )
         if names[-1]:
-            # GA order (realtime-protocol.md §3.2): the call's item closes before response.done.
+            # GA order (docs/protocols/realtime.md §3.2): the call's item closes before response.done.
             kinds = [e["type"] for e in events]
             assert kinds.index(
                 "response.output_item.done", kinds.index("response.function_call_arguments.done")
