@@ -7,13 +7,17 @@ Task tree (docs/architecture.md has the picture)::
                │     ├── receive_from_acs   ACS socket → [model outbox, 64] → send_to_model
                │     ├── run_playout        [outbound frames] → paced AudioData / StopAudio → ACS
                │     └── watchdog           max duration, idle and media timeouts
+               ├── run_actions ── actions_scope (docs/tools.md)
+               │     ├── ToolRunner.run     one task per tool call → [model outbox]
+               │     └── DtmfCollector.run  keypad entries → [model outbox]
                └── run_model ── model_connect_scope: open the socket, then model_session_scope:
                      ├── send_to_model      [model outbox] → model socket
                      └── receive_from_model model socket → [outbound frames, 5 min] → playout
 
 Whatever ends the call (ACS hangs up, the model closes, a timeout, ``handle.end()``, a bug)
 records an :class:`EndReason` through the :class:`CallHandle` (first cause wins), which cancels
-two scopes: the ACS side's and the model *session*'s.  The model *connection* sits outside the
+the ACS side's scope, the actions' scope (running tools die with the call) and the model
+*session*'s.  The model *connection* sits outside the
 latter on purpose: trio-websocket's close handshake needs the socket's reader task alive, so the
 model task closes its socket gracefully (close code saying why, within ``close_timeout_s``) after
 its session scope is cancelled.  If the model is still connecting, the handshake is abandoned.
