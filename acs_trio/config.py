@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -27,6 +28,7 @@ __all__ = [
     "ModelEndpoint",
     "ServerSettings",
     "Settings",
+    "SoftphoneSettings",
     "model_shutdown_warning",
 ]
 
@@ -247,6 +249,13 @@ JWT_LEEWAY_S = 60.0
 JWKS_REFRESH_INTERVAL_S = 60.0
 JWKS_EMPTY_RETRY_S = 1.0
 JWKS_FETCH_TIMEOUT_S = 5.0
+#: Softphone (docs/softphone.md): browser calls at once, events queued per call (dropped when
+#: the page does not keep up), and how long the page has to open its media socket.
+SOFTPHONE_MAX_CALLS = 4
+SOFTPHONE_EVENT_QUEUE = 256
+SOFTPHONE_MEDIA_CONNECT_S = 10.0
+#: Shortest SOFTPHONE_TOKEN accepted (the token is the page's only credential).
+SOFTPHONE_MIN_TOKEN_CHARS = 22
 
 
 @dataclass(frozen=True)
@@ -278,6 +287,21 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class SoftphoneSettings:
+    """The browser softphone page (docs/softphone.md); off unless ``SOFTPHONE=1``."""
+
+    #: The secret in the page's URL (``/softphone/<token>/``); every softphone route checks it.
+    token: str
+
+    def __repr__(self) -> str:  # never print the token
+        return "SoftphoneSettings(token=…)"
+
+    @classmethod
+    def generated(cls) -> SoftphoneSettings:
+        return cls(token=secrets.token_urlsafe(24))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the server needs.  ``acs-trio serve`` requires ``model`` and ``acs``."""
 
@@ -288,6 +312,8 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     log_level: str = "INFO"
     actions: ActionSettings = field(default_factory=ActionSettings)
+    #: None (the default): no softphone route exists.
+    softphone: SoftphoneSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -309,6 +335,7 @@ class Settings:
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
             actions=_actions_from_env(env),
+            softphone=_softphone_from_env(env),
         )
 
     def require_model(self) -> ModelEndpoint:
@@ -583,3 +610,30 @@ def _actions_from_env(env: _Env) -> ActionSettings:
         dtmf_terminator=env.get("DTMF_TERMINATOR", _dtmf_terminator, d.dtmf_terminator),
         dtmf_max_digits=env.get("DTMF_MAX_DIGITS", _positive_int, d.dtmf_max_digits),
     )
+
+
+def _switch(value: str) -> bool:
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1 or 0")
+
+
+def _softphone_from_env(env: _Env) -> SoftphoneSettings | None:
+    enabled = env.get("SOFTPHONE", _switch, False)
+    token = env.raw("SOFTPHONE_TOKEN")
+    if not enabled:
+        if token is not None:
+            raise ConfigError(
+                "SOFTPHONE_TOKEN is set but SOFTPHONE is not 1: set SOFTPHONE=1 or unset it"
+            )
+        return None
+    if token is None:
+        return SoftphoneSettings.generated()
+    if len(token) < SOFTPHONE_MIN_TOKEN_CHARS or re.fullmatch(r"[A-Za-z0-9_-]+", token) is None:
+        raise ConfigError(
+            f"SOFTPHONE_TOKEN must be at least {SOFTPHONE_MIN_TOKEN_CHARS} URL-safe characters "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    return SoftphoneSettings(token=token)

@@ -30,6 +30,7 @@ import trio
 from ..errors import MediaClosed
 from ..wire.acs_media import STOP_AUDIO, encode_audio_data
 from .agent_audio import CutLine, OutboundFrame
+from .events import CallEventSink
 from .lifecycle import CallSummary
 from .media_socket import MediaSocket
 
@@ -86,8 +87,10 @@ class Playout:
         *,
         lead_ms: int,
         cut_line: CutLine | None = None,
+        events: CallEventSink | None = None,
     ) -> None:
         self._media = media
+        self._events = events
         self._frames = frames
         self._summary = summary
         self._lead_s = lead_ms / 1000
@@ -250,12 +253,27 @@ class Playout:
         if self._greeting_since is not None:
             summary.greeting_ttfa_ms = (written - self._greeting_since) * 1000
             self._greeting_since = None
+            if self._events is not None:
+                self._events(
+                    {
+                        "type": "latency",
+                        "metric": "greeting_ttfa",
+                        "ms": round(summary.greeting_ttfa_ms, 1),
+                    }
+                )
         if self._answer_wait is not None and frame.response_seq > self._answer_wait[1]:
             summary.ttfa_ms.append((written - self._answer_wait[0]) * 1000)
             self._answer_wait = None
+            if self._events is not None:
+                self._events(
+                    {"type": "latency", "metric": "ttfa", "ms": round(summary.ttfa_ms[-1], 1)}
+                )
 
     async def _write_stop_audio(self) -> None:
         assert self._stop_since is not None
         since, self._stop_since = self._stop_since, None
         await self._media.send(STOP_AUDIO)
-        self._summary.barge_in_latency_ms.append((trio.current_time() - since) * 1000)
+        latency_ms = (trio.current_time() - since) * 1000
+        self._summary.barge_in_latency_ms.append(latency_ms)
+        if self._events is not None:
+            self._events({"type": "latency", "metric": "barge_in", "ms": round(latency_ms, 1)})

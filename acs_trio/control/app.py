@@ -36,6 +36,7 @@ from .auth import JwtVerifier, bearer_token
 from .control_plane import Admission, ControlPlane
 from .model_ws import model_connector
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
+from .softphone import SoftphoneCalls, install_softphone, softphone_path
 
 __all__ = ["create_app"]
 
@@ -71,6 +72,8 @@ class _Runtime:
             logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
+        #: Browser calls, when SOFTPHONE=1 (docs/softphone.md); drained with the phone calls.
+        self.softphone: SoftphoneCalls | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with open_acs_rest(
@@ -98,9 +101,13 @@ class _Runtime:
                 nursery.cancel_scope.cancel()
 
     async def stop(self) -> None:
+        if self.softphone is not None:
+            self.softphone.draining = True
         if self.plane is not None:
             await self.plane.drain(self.settings.server.shutdown_grace_s)
             self.plane.close()
+        if self.softphone is not None:
+            await self.softphone.stop()
 
     @property
     def ready(self) -> bool:
@@ -311,6 +318,23 @@ def create_app(
             record.media_done.set()
         return None
 
+    if settings.softphone is not None:
+        # Off by default: SOFTPHONE=1 adds the page, behind the token in its URL.
+        rt.softphone = SoftphoneCalls()
+        install_softphone(
+            app,
+            settings,
+            settings.softphone,
+            rt.softphone,
+            connect_model=lambda: rt.connect_model,
+            run_call=call_runner,
+            tools=rt.tools,
+        )
+        logger.warning(
+            "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",
+            settings.require_acs().public_base_url,
+            softphone_path(settings.softphone),
+        )
     return app
 
 

@@ -314,11 +314,24 @@ class PeerSession:
         previous = self._conv.last_id
         item = user_audio_item(item_id)
         self._conv.items[item_id] = _Item(item, user_audio_bytes=len(audio))
-        return [
+        events = [
             self._event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id),
             self._event("conversation.item.added", previous_item_id=previous, item=item),
             self._event("conversation.item.done", previous_item_id=previous, item=item),
         ]
+        if self.session["audio"]["input"].get("transcription"):
+            # No ASR here: a placeholder that says so, in the GA event's shape (RP §3.2), so a
+            # client's transcript view has something for the caller's turn.
+            events.append(
+                self._event(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item_id,
+                    content_index=0,
+                    transcript=f"({pcm_ms(len(audio)) / 1000:.1f} s of speech; the local test "
+                    "peer does not transcribe)",
+                )
+            )
+        return events
 
     def _start_response(self) -> list[Outgoing]:
         """Opening events, then the plan: the greeting first, afterwards an echo of the caller."""
