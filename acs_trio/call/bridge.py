@@ -657,7 +657,7 @@ class _CallBridge:
 
     def on_response_done(self, event: rt.ResponseDone) -> None:
         self.response_active = False
-        self.tool_runner.on_response_done(event.response_id)
+        self.tool_runner.on_response_done(event.response_id, event.status)
         if not event.failed:
             if event.status == "completed":
                 self.failed_in_a_row = 0

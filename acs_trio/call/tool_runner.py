@@ -20,7 +20,8 @@ has answered the interruption.
 
 Built-in tools: ``end_call`` (always) waits until the response that called it is complete and its
 audio has *played* at ACS (``Playout.wait_played_out``), then ends the call as
-``agent_hung_up`` (the control plane hangs up for everyone).  ``transfer_call`` (with
+``agent_hung_up`` (the control plane hangs up for everyone); if the caller interrupted that
+response (``cancelled``), the model is told and the call goes on.  ``transfer_call`` (with
 ``TRANSFER_TARGET``) waits the same way, then asks the control plane (:class:`CallControl`) to
 transfer; accepted ends the call as ``transferred``, failed goes back to the model as an error.
 """
@@ -110,7 +111,8 @@ class ToolRunner:
         self._want_response = False
         self._responding = False
         self._poke = trio.Event()
-        self._done: OrderedDict[str, None] = OrderedDict()
+        #: response id -> final status (completed, cancelled, ...), for end_call/transfer_call.
+        self._done: OrderedDict[str, str] = OrderedDict()
         self._done_changed = trio.Event()
         self._builtin_busy = False
 
@@ -144,9 +146,9 @@ class ToolRunner:
     def on_response_created(self) -> None:
         self._responding = True
 
-    def on_response_done(self, response_id: str) -> None:
+    def on_response_done(self, response_id: str, status: str = "completed") -> None:
         self._responding = False
-        self._done[response_id] = None
+        self._done[response_id] = status
         while len(self._done) > _DONE_RESPONSES:
             self._done.popitem(last=False)
         self._done_changed.set()
@@ -265,8 +267,12 @@ class ToolRunner:
 
     # --- built-ins -----------------------------------------------------------------------------
 
-    async def _wait_goodbye(self, response_id: str) -> None:
-        """The response that made the call is complete and all its audio has played at ACS."""
+    async def _wait_goodbye(self, response_id: str) -> bool:
+        """The response that made the call is complete and all its audio has played at ACS.
+
+        False if the caller interrupted that response (it ended ``cancelled``): the model's
+        decision was made before it heard the caller out, so the call goes on.
+        """
         with trio.move_on_after(self._settings.goodbye_max_wait_s) as scope:
             while response_id and response_id not in self._done:
                 await self._done_changed.wait()
@@ -276,13 +282,17 @@ class ToolRunner:
                 "the goodbye did not finish playing within %.0f s; going on",
                 self._settings.goodbye_max_wait_s,
             )
+        return self._done.get(response_id) != "cancelled"
 
     async def _end_call(self, call: rt.FunctionCall) -> None:
         if self._builtin_busy:
             await self._refuse(call, "already ending or transferring the call")
             return
         self._builtin_busy = True
-        await self._wait_goodbye(call.response_id)
+        if not await self._wait_goodbye(call.response_id):
+            self._builtin_busy = False
+            await self._refuse(call, "the caller interrupted; the call goes on")
+            return
         self._end(EndReason.AGENT_HUNG_UP, "the agent called end_call")
 
     async def _transfer_call(self, call: rt.FunctionCall) -> None:
@@ -295,7 +305,9 @@ class ToolRunner:
             return
         self._builtin_busy = True
         try:
-            await self._wait_goodbye(call.response_id)
+            if not await self._wait_goodbye(call.response_id):
+                await self._refuse(call, "the caller interrupted; no transfer")
+                return
             operation_context = f"transfer-{secrets.token_hex(8)}"
             self._log.info("transferring to %s (operation %s)", target, operation_context)
             result = await self._control.transfer(

@@ -443,6 +443,27 @@ async def test_end_call_waits_for_audio_of_its_response_still_to_come(
     assert summary.ended_at == pytest.approx(t0 + 0.5)
 
 
+async def test_a_goodbye_the_caller_interrupts_does_not_hang_up(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery)
+    model = call.model
+    t0 = trio.current_time()
+    response_id, item_id = await model.start_response()
+    await model.audio_delta(response_id, item_id, pcm_tone(1000))
+    call_id = await model.function_call(response_id, "end_call", "{}")
+    await trio.sleep_until(t0 + 0.3)
+    await model.speech_started()  # "wait, one more thing"
+    await model.finish_response(response_id, item_id, status="cancelled")
+    await trio.sleep(1)
+    assert not call.handle.end_requested.is_set()
+    assert call.model.outputs()[call_id] == {
+        "error": "refused: the caller interrupted; the call goes on"
+    }
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
 async def test_a_goodbye_that_never_ends_is_bounded(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
