@@ -30,6 +30,7 @@ __all__ = [
     "Settings",
     "SoftphoneSettings",
     "model_shutdown_warning",
+    "transcription_shutdown_warning",
 ]
 
 #: The official Call Automation token issuer and key set (docs/protocols/acs.md §5.1).
@@ -81,6 +82,37 @@ def model_shutdown_warning(model: str) -> str | None:
         f"realtime model {model!r} has an announced shutdown date of {date} "
         f"(https://developers.openai.com/api/docs/deprecations); "
         f"move to a current model such as {DEFAULT_REALTIME_MODEL!r}"
+    )
+
+
+#: Input transcription models with an announced shutdown date (the replay after a reconnect
+#: needs the caller's transcripts).  Source: the openai SDK 3.63.0 docstring of
+#: ``AudioTranscription.model`` (``types/realtime/audio_transcription.py``): 'Deprecated values:
+#: "whisper-1", "gpt-4o-mini-transcribe", "gpt-4o-mini-transcribe-2025-12-15",
+#: "gpt-4o-transcribe", "gpt-4o-transcribe-diarize": Announced shutdown date: 2027-02-26.'
+#: The same docstring lists ``gpt-transcribe``, ``gpt-live-transcribe`` and
+#: ``gpt-realtime-whisper`` as current options (their availability on Azure is not verified).
+TRANSCRIPTION_MODEL_SHUTDOWNS: dict[str, str] = dict.fromkeys(
+    (
+        "whisper-1",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-transcribe-2025-12-15",
+        "gpt-4o-transcribe",
+        "gpt-4o-transcribe-diarize",
+    ),
+    "2027-02-26",
+)
+
+
+def transcription_shutdown_warning(model: str) -> str | None:
+    """A start-up warning when ``model`` is on :data:`TRANSCRIPTION_MODEL_SHUTDOWNS`."""
+    date = TRANSCRIPTION_MODEL_SHUTDOWNS.get(model.strip().lower())
+    if date is None:
+        return None
+    return (
+        f"input transcription model {model!r} has an announced shutdown date of {date} "
+        f"(https://developers.openai.com/api/docs/deprecations); set INPUT_TRANSCRIPTION_MODEL "
+        f"to a current one (the openai SDK lists 'gpt-transcribe')"
     )
 
 

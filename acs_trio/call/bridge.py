@@ -172,6 +172,8 @@ class _CallBridge:
         self.recycle_requested = self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
         self.failed_in_a_row = 0
+        #: The greeting was asked for but not delivered yet: a new session is asked again.
+        self.greeting_owed = False
         #: The model socket of the live session (the keypad's barge-in tells it what was heard).
         self.live_ws: ModelSocket | None = None
         self.actions_scope = trio.CancelScope()
@@ -397,11 +399,16 @@ class _CallBridge:
                     if self.recycle_requested:
                         self.recycle_requested = False
                         self.summary.session_recycles += 1
-                        delay = 0.0
+                        delay, backoff = 0.0, None
                         continue
                     return  # the call is ending
-                if self.session_live_since is not None:
-                    backoff = None  # a confirmed session: this is a new outage
+                since = self.session_live_since
+                if since is not None and (
+                    trio.current_time() - since >= self.limits.model_reconnect_budget_s
+                ):
+                    # A session that stayed up a whole budget: this is a new outage.  One that
+                    # drops right after it is confirmed does not reset the budget (no spinning).
+                    backoff = None
                 retryable, retry_after = is_retryable(failure)
                 backoff = backoff or Backoff(self.limits)
                 next_delay = backoff.next_delay(retry_after) if retryable else None
@@ -476,17 +483,24 @@ class _CallBridge:
             self.log.info("model session ready in %.0f ms", (now - self.summary.started_at) * 1000)
             if self.agent.greeting:
                 self.playout.expect_greeting(now)
-                # A request, not per-response instructions: the persona stays in force (L3).
-                await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
-                await ws.send(rt.response_create(self.event_ids()))
+                self.greeting_owed = True
         else:
             self.summary.model_reconnects += not self.recycle_pending
+            # Items of the lost session whose audio never arrived (the transcript runs ahead
+            # of it) were not heard: they are not replayed.
+            for item_id in self.agent_audio.unheard_items(self.agent_audio.session):
+                self.conversation.forget(item_id)
             for event in self.conversation.replay(self.event_ids):
                 await ws.send(event)
-            if self.answer_owed or self.response_active:
-                # The caller was waiting for an answer the old session never finished.
-                self.playout.expect_answer(now, self.agent_audio.latest_seq)
-                await ws.send(rt.response_create(self.event_ids()))
+        if self.greeting_owed and self.agent.greeting:
+            # A request, not per-response instructions: the persona stays in force (L3).  Asked
+            # again of a new session until a response completes or the caller speaks.
+            await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
+            await ws.send(rt.response_create(self.event_ids()))
+        elif not first and (self.answer_owed or self.response_active):
+            # The caller was waiting for an answer the old session never finished.
+            self.playout.expect_answer(now, self.agent_audio.latest_seq)
+            await ws.send(rt.response_create(self.event_ids()))
         self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
         self.agent_audio.session = self.sessions
@@ -554,6 +568,16 @@ class _CallBridge:
         """Before the session's time limit, move to a fresh one while nobody is speaking."""
         limits = self.limits
         expires_at = self.session_expires_at
+        if expires_at - limits.session_recycle_margin_s <= trio.current_time():
+            # Already "expiring" as it opens: a fresh session would be too, so replacing it
+            # would loop.  Our clock disagrees with the service's; let the service end it
+            # (session_expired and 1001 are retried).
+            self.log.warning(
+                "model session expires_at is %.0f s away as it opens (clock skew?): "
+                "not replacing it early",
+                expires_at - trio.current_time(),
+            )
+            return
         await trio.sleep_until(expires_at - limits.session_recycle_margin_s)
         force_at = expires_at - limits.session_recycle_force_s
         # Polled: "quiet" is a conjunction of states owned by three tasks.
@@ -604,6 +628,7 @@ class _CallBridge:
                 await self.push_frames(self.agent_audio.frames(event))
         elif isinstance(event, rt.SpeechStarted):
             self.caller_speaking = True
+            self.greeting_owed = False
             self.conversation.caller_turn(event.item_id)
             await self.on_speech_started(ws)
         elif isinstance(event, rt.SpeechStopped):
@@ -659,6 +684,7 @@ class _CallBridge:
         self.response_active = False
         self.tool_runner.on_response_done(event.response_id, event.status)
         if not event.failed:
+            self.greeting_owed = False
             if event.status == "completed":
                 self.failed_in_a_row = 0
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)

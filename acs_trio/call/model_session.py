@@ -12,7 +12,7 @@ session").
   are retried; a 4xx handshake or a rejected configuration is not.
 - **Back-off.** Full jitter, doubling from ``model_backoff_first_s`` up to
   ``model_backoff_max_s``, never less than a ``Retry-After``, within ``model_reconnect_budget_s``
-  per outage (the budget starts again once a session is confirmed).
+  per outage (the budget starts again once a session has stayed up for a whole budget).
 """
 
 from __future__ import annotations

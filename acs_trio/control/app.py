@@ -19,7 +19,13 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings, model_shutdown_warning
+from ..config import (
+    MAX_BODY_BYTES,
+    ControlTimeouts,
+    Settings,
+    model_shutdown_warning,
+    transcription_shutdown_warning,
+)
 from ..errors import AuthError, KeysUnavailable
 from ..tools import load_tools
 from ..wire.webhook import (
@@ -69,6 +75,8 @@ class _Runtime:
             load_tools(settings.actions.tools_module) if settings.actions.tools_module else []
         )
         if (warning := model_shutdown_warning(settings.agent.model)) is not None:
+            logger.warning("%s", warning)
+        if warning := transcription_shutdown_warning(settings.agent.transcription_model):
             logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
