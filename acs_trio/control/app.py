@@ -29,6 +29,7 @@ from ..config import (
     transcription_shutdown_warning,
 )
 from ..errors import AuthError, KeysUnavailable
+from ..tools import load_tools
 from ..wire.webhook import (
     BadBody,
     IncomingCall,
@@ -85,6 +86,10 @@ class _Runtime:
         self.loop_lag = LoopLag(None if self.metrics is None else self.metrics.loop_lag.observe)
         self.recordings_dir = Path(obs.recordings_dir) if obs.recordings_dir else None
         self.connect_model: ModelConnector = connect_model
+        # Fail closed: a bad AGENT_TOOLS stops the server here, with one line.
+        self.tools = (
+            load_tools(settings.actions.tools_module) if settings.actions.tools_module else []
+        )
         if (warning := model_shutdown_warning(settings.agent.model)) is not None:
             logger.warning("%s", warning)
         if warning := transcription_shutdown_warning(settings.agent.transcription_model):
@@ -109,6 +114,7 @@ class _Runtime:
                 public_base_url=self.acs.public_base_url,
                 max_concurrent_calls=self.settings.server.max_concurrent_calls,
                 timeouts=self._timeouts,
+                enable_dtmf_tones=self.settings.actions.dtmf_enabled,
                 connect_model=self.connect_model,
             )
             async with trio.open_nursery() as nursery:
@@ -360,6 +366,8 @@ def create_app(
                 handle=record.handle,
                 agent=settings.agent,
                 limits=settings.limits,
+                tools=rt.tools,
+                actions=settings.actions,
             )
         finally:
             record.media_done.set()
@@ -375,6 +383,7 @@ def create_app(
             rt.softphone,
             connect_model=lambda: rt.connect_model,
             run_call=observed_runner,
+            tools=rt.tools,
         )
         logger.warning(
             "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",
