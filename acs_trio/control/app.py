@@ -35,7 +35,7 @@ from .auth import JwtVerifier, bearer_token
 from .control_plane import Admission, ControlPlane
 from .model_ws import model_connector
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
-from .softphone import SoftphoneCalls, install_softphone, softphone_path
+from .softphone import SoftphoneCalls, install_softphone
 
 __all__ = ["create_app"]
 
@@ -321,10 +321,12 @@ def create_app(
             connect_model=lambda: rt.connect_model,
             run_call=call_runner,
         )
+        # Never the whole token in a log line: the operator knows it (SOFTPHONE_TOKEN).
         logger.warning(
-            "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",
-            settings.require_acs().public_base_url,
-            softphone_path(settings.softphone),
+            "SOFTPHONE=1: the browser softphone is on at %s/softphone/%s…/ "
+            "(SOFTPHONE_TOKEN is its only credential)",
+            settings.require_acs().public_base_url.rstrip("/"),
+            settings.softphone.token[:4],
         )
     return app
 

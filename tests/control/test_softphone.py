@@ -151,7 +151,7 @@ def acs_env() -> dict[str, str]:
     }
 
 
-async def test_serve_has_no_softphone_unless_enabled() -> None:
+async def test_serve_has_no_softphone_unless_enabled(caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings.from_env(acs_env())
     assert settings.softphone is None
     async with create_app(settings).test_app() as test_app:
@@ -166,11 +166,16 @@ async def test_serve_has_no_softphone_unless_enabled() -> None:
         client = test_app.test_client()
         assert (await client.get(f"{PAGE}/")).status_code == 200
         assert (await client.get(f"/softphone/{'x' * 32}/")).status_code == 403
+    # The start-up line names the URL, but never the whole token (logs are not secret).
+    started = [r.getMessage() for r in caplog.records if "SOFTPHONE=1" in r.getMessage()]
+    assert started and "https://bot.test/softphone/tttt…/" in started[0]
+    assert not [r for r in caplog.records if TOKEN in r.getMessage()]
 
 
 def test_softphone_settings_fail_closed() -> None:
-    generated = Settings.from_env({"SOFTPHONE": "1"}).softphone
-    assert generated is not None and len(generated.token) >= 22
+    # serve cannot show a generated token without logging it: the operator must choose one.
+    with pytest.raises(ConfigError, match="SOFTPHONE=1 needs SOFTPHONE_TOKEN"):
+        Settings.from_env({"SOFTPHONE": "1"})
     with pytest.raises(ConfigError, match="SOFTPHONE_TOKEN must be at least 22"):
         Settings.from_env({"SOFTPHONE": "1", "SOFTPHONE_TOKEN": "short"})
     with pytest.raises(ConfigError, match="SOFTPHONE_TOKEN must be at least 22"):
