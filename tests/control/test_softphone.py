@@ -382,3 +382,27 @@ async def test_shutdown_ends_browser_calls(
         assert ended[-1]["reason"] == "shutdown"
         # Draining: no new call.
         assert await refusal(p.client, f"{PAGE}/events") == 503
+
+
+async def test_an_unexpected_error_is_logged_without_the_tokens(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken_run_call(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the call")
+
+    model = FakeModel(nursery)
+    app = create_phone_app(
+        Settings(), SoftphoneSettings(token=TOKEN), model.connect, run_call=broken_run_call
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket(f"{PAGE}/events") as events:
+            hello = await next_event(events)
+            secret = hello["media_path"].rpartition("/")[2]
+            async with client.websocket(hello["media_path"]) as media:
+                with pytest.raises(WebsocketDisconnectError):
+                    await media.receive()
+    # Quart's own "Exception on websocket <path>" line: the path is there, its secrets are not.
+    errors = [r for r in caplog.records if "Exception on websocket" in r.getMessage()]
+    assert errors and errors[0].getMessage().endswith("/softphone/tttt…/media/" + secret[:4] + "…")
+    assert not [r for r in caplog.records if TOKEN in r.getMessage() or secret in r.getMessage()]
