@@ -87,6 +87,8 @@ class _Runtime:
                 timeouts=self._timeouts,
                 connect_model=self.connect_model,
             )
+            if (softphone := self.softphone) is not None:
+                plane.other_calls = lambda: len(softphone.calls)
             async with trio.open_nursery() as nursery:
                 self.plane = plane
                 await nursery.start(plane.serve)
@@ -312,7 +314,8 @@ def create_app(
 
     if settings.softphone is not None:
         # Off by default: SOFTPHONE=1 adds the page, behind the token in its URL.
-        rt.softphone = SoftphoneCalls()
+        # Browser calls take MAX_CONCURRENT_CALLS slots too (the plane counts them as well).
+        rt.softphone = SoftphoneCalls(full=lambda: not rt.ready)
         install_softphone(
             app,
             settings,

@@ -114,8 +114,12 @@ class SoftphoneCalls:
     drains it on SIGINT/SIGTERM through :meth:`stop`.
     """
 
-    def __init__(self, max_calls: int = SOFTPHONE_MAX_CALLS) -> None:
+    def __init__(
+        self, max_calls: int = SOFTPHONE_MAX_CALLS, *, full: Callable[[], bool] | None = None
+    ) -> None:
         self.max_calls = max_calls
+        #: On ``acs-trio serve``: True when MAX_CONCURRENT_CALLS (phone + browser) are live.
+        self.full = full
         self.calls: dict[str, BrowserCall] = {}
         self.draining = False
         self._numbers = count(1)
@@ -128,6 +132,8 @@ class SoftphoneCalls:
             return "server is shutting down"
         if len(self.calls) >= self.max_calls:
             return f"{len(self.calls)} browser calls already (SOFTPHONE_MAX_CALLS)"
+        if self.full is not None and self.full():
+            return "the server is full (MAX_CONCURRENT_CALLS)"
         call_id = f"softphone-{next(self._numbers)}-{secrets.token_hex(3)}"
         send, recv = trio.open_memory_channel[CallEvent](SOFTPHONE_EVENT_QUEUE)
         call = BrowserCall(CallHandle(CallIds(call_id)), secrets.token_urlsafe(24), send, recv)

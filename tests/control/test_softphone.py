@@ -12,7 +12,7 @@ import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -29,6 +29,8 @@ from acs_trio.config import (
 from acs_trio.control.app import create_app
 from acs_trio.control.softphone import create_phone_app
 from acs_trio.errors import ConfigError
+from tests.acs_service import FakeAcsService, incoming_call_event
+from tests.control.test_app import StandInCalls, settings as acs_settings
 from tests.fakes import FakeModel, pcm_tone
 
 TOKEN = "t" * 32
@@ -406,3 +408,32 @@ async def test_an_unexpected_error_is_logged_without_the_tokens(
     errors = [r for r in caplog.records if "Exception on websocket" in r.getMessage()]
     assert errors and errors[0].getMessage().endswith("/softphone/tttt…/media/" + secret[:4] + "…")
     assert not [r for r in caplog.records if TOKEN in r.getMessage() or secret in r.getMessage()]
+
+
+async def test_browser_calls_count_against_max_concurrent_calls(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a deployed server a browser call takes one of the MAX_CONCURRENT_CALLS slots."""
+    acs, stand_in = FakeAcsService(), StandInCalls()
+    app = create_app(
+        replace(acs_settings(max_calls=1), softphone=SoftphoneSettings(token=TOKEN)),
+        http_transport=acs.transport,
+        run_call=stand_in.run_call,
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket(f"{PAGE}/events") as events:
+            assert (await next_event(events))["type"] == "call"
+            # The only slot is the browser's: a phone call is not answered, and not ready.
+            assert (await client.get("/readyz")).status_code == 503
+            await client.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+            await wait_all_tasks_blocked()
+            assert acs.answers == []
+            assert "full" in caplog.text
+        await wait_all_tasks_blocked()  # the page left: its call ended and was released
+        await client.post("/api/incomingCall", json=[incoming_call_event("e-2", "ctx-2")])
+        await wait_all_tasks_blocked()
+        assert len(acs.answers) == 1
+        # Now the phone call has the slot: no browser call.
+        assert await refusal(client, f"{PAGE}/events") == 503
+        assert "MAX_CONCURRENT_CALLS" in caplog.text
