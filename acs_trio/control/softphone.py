@@ -250,7 +250,9 @@ def install_softphone(
         ws = cast(MediaWebsocket, cast(Any, websocket)._get_current_object())
         try:
             await ws.accept()
-            await _run_events(QuartMediaSocket(ws), call, softphone)
+            await _run_events(
+                QuartMediaSocket(ws), call, softphone, settings.limits.max_bad_messages
+            )
         finally:
             calls.release(call)
         return None
@@ -292,7 +294,7 @@ def install_softphone(
 
 
 async def _run_events(
-    ws: QuartMediaSocket, call: BrowserCall, softphone: SoftphoneSettings
+    ws: QuartMediaSocket, call: BrowserCall, softphone: SoftphoneSettings, max_inbound: int
 ) -> None:
     """Announce the call, forward its events until it ends; a closed page ends the call."""
     handle = call.handle
@@ -300,7 +302,7 @@ async def _run_events(
     media_path = f"/softphone/{softphone.token}/media/{call.media_token}"
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_page, ws, call, nursery.cancel_scope)
+            nursery.start_soon(_watch_page, ws, call, nursery.cancel_scope, max_inbound)
             await _send(
                 ws, {"type": "call", "call_id": handle.ids.call_id, "media_path": media_path}
             )
@@ -327,13 +329,28 @@ async def _run_events(
             await ws.close(1000, "call ended")
 
 
-async def _watch_page(ws: QuartMediaSocket, call: BrowserCall, scope: trio.CancelScope) -> None:
-    """The page sends nothing on this socket; its close (the tab went away) is a hang-up."""
+async def _watch_page(
+    ws: QuartMediaSocket, call: BrowserCall, scope: trio.CancelScope, max_inbound: int
+) -> None:
+    """The page sends nothing on this socket; its close (the tab went away) is a hang-up.
+
+    Whatever it sends is ignored, up to ``max_inbound`` messages (``CallLimits.max_bad_messages``, the
+    media socket's bad-input limit); past that the call fails, as for junk on the media socket.
+    """
+    received = 0
     while True:
         try:
             await ws.receive()  # ignored: the side channel is one-way
         except MediaClosed:
             call.handle.end(EndReason.CALLER_HUNG_UP, "the page's event socket closed")
+            scope.cancel()
+            return
+        received += 1
+        if received > max_inbound:
+            call.handle.end(
+                EndReason.ACS_PROTOCOL_ERROR,
+                f"the page sent {received} messages on its one-way event socket",
+            )
             scope.cancel()
             return
 

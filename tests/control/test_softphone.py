@@ -23,6 +23,7 @@ from trio.testing import wait_all_tasks_blocked
 from acs_trio.config import (
     SOFTPHONE_MEDIA_CONNECT_S,
     AgentSettings,
+    CallLimits,
     Settings,
     SoftphoneSettings,
 )
@@ -437,3 +438,22 @@ async def test_browser_calls_count_against_max_concurrent_calls(
         # Now the phone call has the slot: no browser call.
         assert await refusal(client, f"{PAGE}/events") == 503
         assert "MAX_CONCURRENT_CALLS" in caplog.text
+
+
+async def test_a_page_flooding_its_one_way_event_socket_fails_its_call(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The side channel is one-way: past the bad-message limit, input there ends the call."""
+    async with phone(nursery) as p, p.events() as events:
+        hello = await next_event(events)
+        async with p.client.websocket(hello["media_path"]) as media:
+            await media.send(metadata())
+            await p.model.connected.wait()
+            for _ in range(CallLimits().max_bad_messages):
+                await events.send("x" * 1000)
+            await wait_all_tasks_blocked()
+            assert p.model.seen.closed is None  # up to the limit the page's chatter is ignored
+            await events.send("x" * 1000)
+            assert await close_code(media) == 1007
+        assert p.model.seen.closed is not None
+        assert p.model.seen.closed.reason == "call ended: acs_protocol_error"
