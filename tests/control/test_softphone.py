@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,6 +21,7 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 from trio.testing import wait_all_tasks_blocked
 
 from acs_trio.config import (
+    SOFTPHONE_MAX_CALLS,
     SOFTPHONE_MEDIA_CONNECT_S,
     AgentSettings,
     CallLimits,
@@ -457,3 +458,13 @@ async def test_a_page_flooding_its_one_way_event_socket_fails_its_call(
             assert await close_code(media) == 1007
         assert p.model.seen.closed is not None
         assert p.model.seen.closed.reason == "call ended: acs_protocol_error"
+
+
+async def test_at_most_softphone_max_calls_browser_calls(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with phone(nursery) as p, AsyncExitStack() as stack:
+        for _ in range(SOFTPHONE_MAX_CALLS):
+            events = await stack.enter_async_context(p.events())
+            assert (await next_event(events))["type"] == "call"
+        assert await refusal(p.client, f"{PAGE}/events") == 503
