@@ -99,8 +99,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   constructor(options) {
     super();
     const opts = (options && options.processorOptions) || {};
-    this.prebuffer = (opts.prebufferFrames || 2) * FRAME_SAMPLES;
-    this.maxQueued = (opts.maxQueuedFrames || 500) * FRAME_SAMPLES; // 10 s: bounded memory
+    // The queue counts samples at the context rate: a 20 ms frame is FRAME_SAMPLES * ratio.
+    const frameAtContextRate = FRAME_SAMPLES * (sampleRate / CALL_RATE);
+    this.prebuffer = (opts.prebufferFrames || 2) * frameAtContextRate;
+    this.maxQueued = (opts.maxQueuedFrames || 500) * frameAtContextRate; // 10 s: bounded memory
     this.chunks = []; // Float32Array at the context rate
     this.offset = 0; // read position in chunks[0]
     this.queued = 0; // samples at the context rate
