@@ -71,3 +71,10 @@ def test_the_jitter_buffer_holds_two_frames_before_playing(page: Any) -> None:
 def test_the_playback_queue_holds_at_most_500_frames(page: Any) -> None:
     stats = run(page, "for (let i = 0; i < 600; i++) frame(); playback.stats")
     assert stats["dropped"] == 100
+
+
+def test_a_last_frame_short_of_the_prebuffer_still_plays(page: Any) -> None:
+    # The end of a response (or a response shorter than 40 ms) must not wait for the next one:
+    # after the prebuffer's time it plays as is.
+    played = run(page, "frame(); const soon = render(8); [soon, render(30)]")
+    assert played == [0, 960]
