@@ -47,9 +47,9 @@ HARNESS = """([source, script]) => {
 }"""
 
 
-@pytest.fixture
-def page(tmp_path: Path) -> Any:
-    wav = tmp_path / "silence.wav"
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    wav = tmp_path_factory.mktemp("worklet") / "caller.wav"
     write_caller_wav(wav)
     browser = BrowserPage("about:blank", wav)
     try:
