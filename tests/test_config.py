@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from acs_trio.config import Settings
+from acs_trio.config import AgentSettings, Settings
 from acs_trio.errors import ConfigError
 
 
@@ -140,3 +140,17 @@ def test_model_session_limits_from_the_environment() -> None:
     ) == (4, 15, 1000, 5)
     with pytest.raises(ConfigError, match="MAX_FAILED_RESPONSES"):
         Settings.from_env({"MAX_FAILED_RESPONSES": "0"})
+
+
+def test_transcription_models_with_a_shutdown_date_are_warned() -> None:
+    # openai SDK 3.63.0, types/realtime/audio_transcription.py: "Deprecated values: whisper-1,
+    # gpt-4o-mini-transcribe, …, gpt-4o-transcribe, gpt-4o-transcribe-diarize: Announced
+    # shutdown date: 2027-02-26".
+    from acs_trio.config import transcription_shutdown_warning
+
+    default = AgentSettings().transcription_model
+    warning = transcription_shutdown_warning(default)
+    assert warning is not None and "2027-02-26" in warning
+    assert "INPUT_TRANSCRIPTION_MODEL" in warning
+    assert transcription_shutdown_warning("gpt-transcribe") is None
+    assert transcription_shutdown_warning("") is None  # transcription disabled

@@ -157,5 +157,13 @@ class AgentAudio:
         self._carry, self._carry_key = b"", None
         return frames
 
+    def unheard_items(self, session: int) -> list[str]:
+        """Items of ``session`` none of whose audio arrived: the caller heard none of them."""
+        return [
+            item_id
+            for item_id, state in self._items.items()
+            if state.session == session and state.received_ms == 0
+        ]
+
     def _frame(self, seq: int, item: str, pcm: bytes) -> OutboundFrame:
         return OutboundFrame(seq, item, pcm, len(pcm) / (self._rate * 2 / 1000))

@@ -12,7 +12,7 @@ session").
   are retried; a 4xx handshake or a rejected configuration is not.
 - **Back-off.** Full jitter, doubling from ``model_backoff_first_s`` up to
   ``model_backoff_max_s``, never less than a ``Retry-After``, within ``model_reconnect_budget_s``
-  per outage (the budget starts again once a session is confirmed).
+  per outage (the budget starts again once a session has stayed up for a whole budget).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -113,7 +114,12 @@ class SessionInfo:
 
 
 async def configure_session(
-    ws: ModelSocket, agent: AgentSettings, limits: CallLimits, event_id: str
+    ws: ModelSocket,
+    agent: AgentSettings,
+    limits: CallLimits,
+    event_id: str,
+    *,
+    tools: Sequence[dict[str, Any]] = (),
 ) -> SessionInfo:
     """Send ``session.update`` and wait for the server to confirm it.
 
@@ -121,7 +127,7 @@ async def configure_session(
         ModelSessionFailed: rejected (final), disagreeing (final) or not confirmed in time.
         ModelClosed: the socket closed meanwhile.
     """
-    await ws.send(rt.session_update(agent, event_id))
+    await ws.send(rt.session_update(agent, event_id, tools=tools))
     expires_at: float | None = None
     with trio.move_on_after(limits.session_ready_timeout_s):
         while True:

@@ -14,15 +14,18 @@ the call is over, whether or not media ever connected.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
 
-from ..errors import ModelError
+from ..errors import ModelConnectError, ModelError
 from .model_socket import ModelConnector, ModelSocket
 
 __all__ = ["PreDial"]
+
+logger = logging.getLogger(__name__)
 
 
 class PreDial:
@@ -47,6 +50,14 @@ class PreDial:
                 await self._released.wait()
         except ModelError as exc:
             self._error = exc
+        except Exception as exc:
+            # This task runs in the control plane's per-call nursery: nothing but Cancelled may
+            # escape it.  E.g. trio-websocket raises DisconnectionTimeout when it closes a socket
+            # the bridge abandoned as a dead link (no close handshake will ever come).
+            if self._socket is None:
+                self._error = ModelConnectError(f"early model dial failed: {exc!r}")
+            else:
+                logger.warning("early model socket did not close cleanly: %r", exc)
         finally:
             self._settled.set()
 

@@ -19,8 +19,15 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings, model_shutdown_warning
+from ..config import (
+    MAX_BODY_BYTES,
+    ControlTimeouts,
+    Settings,
+    model_shutdown_warning,
+    transcription_shutdown_warning,
+)
 from ..errors import AuthError, KeysUnavailable
+from ..tools import load_tools
 from ..wire.webhook import (
     BadBody,
     IncomingCall,
@@ -63,7 +70,13 @@ class _Runtime:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
         self.connect_model: ModelConnector = connect_model
+        # Fail closed: a bad AGENT_TOOLS stops the server here, with one line.
+        self.tools = (
+            load_tools(settings.actions.tools_module) if settings.actions.tools_module else []
+        )
         if (warning := model_shutdown_warning(settings.agent.model)) is not None:
+            logger.warning("%s", warning)
+        if warning := transcription_shutdown_warning(settings.agent.transcription_model):
             logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
@@ -85,6 +98,7 @@ class _Runtime:
                 public_base_url=self.acs.public_base_url,
                 max_concurrent_calls=self.settings.server.max_concurrent_calls,
                 timeouts=self._timeouts,
+                enable_dtmf_tones=self.settings.actions.dtmf_enabled,
                 connect_model=self.connect_model,
             )
             if (softphone := self.softphone) is not None:
@@ -307,6 +321,8 @@ def create_app(
                 handle=record.handle,
                 agent=settings.agent,
                 limits=settings.limits,
+                tools=rt.tools,
+                actions=settings.actions,
             )
         finally:
             record.media_done.set()
@@ -323,6 +339,7 @@ def create_app(
             rt.softphone,
             connect_model=lambda: rt.connect_model,
             run_call=call_runner,
+            tools=rt.tools,
         )
         # Never the whole token in a log line: the operator knows it (SOFTPHONE_TOKEN).
         logger.warning(

@@ -396,3 +396,133 @@ async def test_a_barge_in_on_audio_of_a_replaced_session_is_replayed_as_heard(
     call.handle.end(EndReason.CALL_DISCONNECTED)
     summary = await call.ended()
     assert summary.model_reconnects == 2 and summary.truncated_at_ms == []
+
+
+async def test_a_session_that_drops_right_after_it_is_confirmed_does_not_reset_the_budget(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery)
+    model = call.model
+    await trio.sleep(1)
+
+    async def flap() -> None:
+        # The service accepts, confirms the session, then drops it at once, every time.
+        while True:
+            await model.wait_for("session.update")
+            await wait_all_tasks_blocked()  # session.updated has been read: the session is live
+            reconnected = model.new_connection
+            assert model.ws is not None
+            await model.ws.aclose(1011, "server error")
+            await reconnected.wait()
+
+    nursery.start_soon(flap)
+    # One outage, however many sessions it confirms: the call ends when the budget is spent,
+    # not at the idle timeout (120 s) after hundreds of handshakes.
+    summary = await call.ended()
+    assert summary.end_reason is EndReason.MODEL_CLOSED
+    assert "reconnect attempts" in summary.end_detail
+    assert summary.duration_s <= 1 + LIMITS.model_reconnect_budget_s
+    assert len(model.connections) < 30
+
+
+async def test_caller_audio_is_neither_lost_nor_reordered_across_a_recycle(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def wall_clock() -> float:
+        return 1_800_000_000.0 + trio.current_time()
+
+    monkeypatch.setattr(model_session, "wall_clock", wall_clock)
+    model = FakeModel(nursery, session_lifetime_s=200, wall_clock=wall_clock)
+    limits = replace(LIMITS, idle_timeout_s=5000, media_timeout_s=5000)
+    call = await start_call(nursery, model=model, limits=limits)
+    await call.acs.send_metadata()
+    await trio.sleep(75)
+    # The caller's line carries background noise the model's VAD ignores: the session is quiet
+    # when it is replaced (at 80 s), in the middle of the caller's audio.
+    nursery.start_soon(call.acs.stream, 10_000)
+    replaced = model.new_connection
+    await replaced.wait()
+    await trio.sleep(10)
+    assert len(model.connections) == 2
+    first, second = appended(model.connections[0]), appended(model.connections[1])
+    # Everything but the last, partial 60 ms batch (still being collected) went to a session.
+    assert first and second
+    assert first + second == pcm_tone(10_000 // LIMITS.append_batch_ms * LIMITS.append_batch_ms)
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert summary.session_recycles == 1 and summary.gap_audio_dropped_ms == 0
+
+
+async def test_a_session_that_opens_already_near_its_expiry_is_not_recycled_in_a_loop(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Our clock is 30 min ahead of the service's: every expires_at looks 5 s away.
+    def wall_clock() -> float:
+        return 1_800_000_000.0 + trio.current_time()
+
+    monkeypatch.setattr(model_session, "wall_clock", wall_clock)
+    model = FakeModel(nursery, session_lifetime_s=5, wall_clock=wall_clock, connect_delay_s=0.05)
+    limits = replace(LIMITS, idle_timeout_s=5000, media_timeout_s=5000)
+    call = await start_call(nursery, model=model, limits=limits)
+    await trio.sleep(3)
+    # A fresh session would be "expiring" just the same: replacing it cannot help.
+    assert len(model.connections) == 1
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert summary.session_recycles == 0
+
+
+async def test_a_drop_before_the_greeting_is_heard_asks_the_new_session_to_greet(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery, agent=AgentSettings(greeting="Greet."))
+    model = call.model
+    assert [m["type"] for _, m in model.seen.messages][-1] == "response.create"
+    # The link drops before the greeting's response even started: nothing was heard.
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await wait_all_tasks_blocked()
+    assert [m["type"] for _, m in model.seen.messages] == [
+        "session.update",
+        "conversation.item.create",
+        "response.create",
+    ]
+    assert items(model.seen)[0]["content"][0]["text"] == "Greet."
+    # Once the greeting has played, a later session is not asked to greet again.
+    response_id, item_id = await model.start_response()
+    await model.output_item_added(response_id, item_id)
+    await model.audio_delta(response_id, item_id, pcm_tone(300))
+    await model.finish_response(response_id, item_id)
+    await trio.sleep(1)
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await wait_all_tasks_blocked()
+    assert [m["type"] for _, m in model.seen.messages] == ["session.update"]
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
+async def test_an_answer_whose_audio_never_arrived_is_not_replayed(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    call = await start_call(nursery)
+    model = call.model
+    await model.speech_started("item_u1")
+    await model.speech_stopped("item_u1")
+    await model.caller_transcript("item_u1", "When do you open?")
+    response_id, item_id = await model.start_response()
+    await model.output_item_added(response_id, item_id)
+    # The transcript runs ahead of the audio; the link drops before the first audio delta.
+    await model.transcript_delta(response_id, item_id, "We open at nine.")
+    await wait_all_tasks_blocked()
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await wait_all_tasks_blocked()
+    # The caller heard none of it: the new session is told the question only, and answers it.
+    assert [i["content"][0]["text"] for i in items(model.seen)] == ["When do you open?"]
+    assert model.events("response.create")
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()

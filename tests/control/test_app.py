@@ -212,6 +212,7 @@ async def test_incoming_call_answers_with_a_per_call_token(h: Harness) -> None:
             "startMediaStreaming": True,
             "enableBidirectional": True,
             "audioFormat": "pcm24KMono",
+            "enableDtmfTones": True,  # §2.3: DtmfData on the media socket (DTMF_ENABLED)
         },
     }
     assert h.plane.calls[token].call_connection_id == "conn-1"
@@ -717,8 +718,16 @@ def test_a_model_with_an_announced_shutdown_is_warned_at_start_up(
     from acs_trio.config import AgentSettings
 
     create_app(replace(settings(), agent=AgentSettings(model="gpt-realtime")))
-    (record,) = [r for r in caplog.records if "shutdown date" in r.getMessage()]
+    (record,) = [r for r in caplog.records if "realtime model" in r.getMessage()]
     assert record.levelname == "WARNING" and "2027-01-20" in record.getMessage()
     caplog.clear()
     create_app(settings())  # the default model is current
+    assert "realtime model" not in caplog.text
+    # So is the input transcription model (the default, gpt-4o-mini-transcribe, is not).
+    caplog.clear()
+    create_app(replace(settings(), agent=AgentSettings(transcription_model="whisper-1")))
+    (record,) = [r for r in caplog.records if "transcription model" in r.getMessage()]
+    assert record.levelname == "WARNING" and "2027-02-26" in record.getMessage()
+    caplog.clear()
+    create_app(replace(settings(), agent=AgentSettings(transcription_model="gpt-transcribe")))
     assert "shutdown date" not in caplog.text
