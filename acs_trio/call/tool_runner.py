@@ -107,6 +107,9 @@ class ToolRunner:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._running = 0
         self._budget_used_s = 0.0
+        # Sync tools' worker threads: an abandoned thread keeps its token until it returns, so
+        # a call holds at most this many, and never trio's default limiter (getaddrinfo's).
+        self._threads = trio.CapacityLimiter(settings.max_concurrent_tools)
         # response.create gating: wanted after outputs; sent when no tool runs and no response.
         self._want_response = False
         self._responding = False
@@ -221,7 +224,7 @@ class ToolRunner:
                 else:
                     # A thread cannot be cancelled: on timeout it is abandoned (its result dropped).
                     result = await trio.to_thread.run_sync(
-                        partial(tool.func, **kwargs), abandon_on_cancel=True
+                        partial(tool.func, **kwargs), abandon_on_cancel=True, limiter=self._threads
                     )
                 output = json.dumps(result, default=str)
             except ToolError as exc:

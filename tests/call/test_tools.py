@@ -6,6 +6,7 @@ The model is :class:`FakeModel` (GA events over an in-memory trio-websocket); AC
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -79,6 +80,18 @@ async def slow() -> str:
 
 
 TOOLS: Sequence[Tool] = (order_status, broken, slow)
+
+#: Released at the end of the story that uses ``hangs``, so its threads finish.
+HANG = threading.Event()
+HUNG_THREADS: list[str] = []
+
+
+@tool(timeout_s=1)
+def hangs() -> str:
+    """Blocks its thread (a network call without a timeout)."""
+    HUNG_THREADS.append(threading.current_thread().name)
+    HANG.wait(30)
+    return "too late"
 
 
 @dataclass
@@ -365,6 +378,31 @@ async def test_concurrency_cap_and_time_budget(
     await call.ended()
 
 
+async def test_hung_sync_tools_are_bounded_per_call_and_spare_the_process_threads(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An abandoned worker thread keeps running: it holds one of its call's own thread slots
+    (``max_concurrent_tools``), never trio's process-wide default limiter, which DNS lookups
+    (``getaddrinfo``) of every other call share."""
+    autojump_clock.autojump_threshold = 0.05  # let the worker threads start in real time
+    HANG.clear()
+    HUNG_THREADS.clear()
+    default_threads = trio.to_thread.current_default_thread_limiter()
+    call = await start_call(nursery, tools=(hangs,), actions=ActionSettings(max_concurrent_tools=2))
+    for _ in range(3):
+        [call_id] = await call.model.call_tools(("hangs", "{}"))
+        await trio.sleep(1.5)
+        assert call.model.outputs()[call_id] == {
+            "error": "timeout: the tool did not finish within 1 s"
+        }
+    # Two abandoned threads still block; the third call waited for a slot and timed out.
+    assert len(HUNG_THREADS) == 2
+    assert default_threads.borrowed_tokens == 0
+    HANG.set()
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
 async def test_each_call_has_its_own_context(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -456,6 +494,29 @@ async def test_a_goodbye_the_caller_interrupts_does_not_hang_up(
     await model.speech_started()  # "wait, one more thing"
     await model.finish_response(response_id, item_id, status="cancelled")
     await trio.sleep(1)
+    assert not call.handle.end_requested.is_set()
+    assert call.model.outputs()[call_id] == {
+        "error": "refused: the caller interrupted; the call goes on"
+    }
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
+async def test_a_goodbye_interrupted_while_it_plays_does_not_hang_up(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The response completed (audio arrives faster than it plays), then the caller speaks over
+    the goodbye still playing at ACS: the caller is not hung up on mid-sentence."""
+    call = await start_call(nursery)
+    model = call.model
+    t0 = trio.current_time()
+    response_id, item_id = await model.start_response()
+    await model.audio_delta(response_id, item_id, pcm_tone(1000))
+    call_id = await model.function_call(response_id, "end_call", "{}")
+    await model.finish_response(response_id, item_id)  # completed at t0: 1 s still to play
+    await trio.sleep_until(t0 + 0.3)
+    await model.speech_started()  # "wait, one more thing"
+    await trio.sleep(2)
     assert not call.handle.end_requested.is_set()
     assert call.model.outputs()[call_id] == {
         "error": "refused: the caller interrupted; the call goes on"
