@@ -21,7 +21,8 @@ has answered the interruption.
 Built-in tools: ``end_call`` (always) waits until the response that called it is complete and its
 audio has *played* at ACS (``Playout.wait_played_out``), then ends the call as
 ``agent_hung_up`` (the control plane hangs up for everyone); if the caller interrupted that
-response (``cancelled``), the model is told and the call goes on.  ``transfer_call`` (with
+response (``cancelled``, or a barge-in on its audio still playing), the model is told and the
+call goes on.  ``transfer_call`` (with
 ``TRANSFER_TARGET``) waits the same way, then asks the control plane (:class:`CallControl`) to
 transfer; accepted ends the call as ``transferred``, failed goes back to the model as an error.
 """
@@ -273,9 +274,11 @@ class ToolRunner:
     async def _wait_goodbye(self, response_id: str) -> bool:
         """The response that made the call is complete and all its audio has played at ACS.
 
-        False if the caller interrupted that response (it ended ``cancelled``): the model's
-        decision was made before it heard the caller out, so the call goes on.
+        False if the caller interrupted that response (it ended ``cancelled``), or spoke over
+        its audio still playing after it completed (a barge-in): the model's decision was made
+        before it heard the caller out, so the call goes on.
         """
+        barge_ins = self._summary.barge_ins
         with trio.move_on_after(self._settings.goodbye_max_wait_s) as scope:
             while response_id and response_id not in self._done:
                 await self._done_changed.wait()
@@ -285,7 +288,8 @@ class ToolRunner:
                 "the goodbye did not finish playing within %.0f s; going on",
                 self._settings.goodbye_max_wait_s,
             )
-        return self._done.get(response_id) != "cancelled"
+        interrupted = self._summary.barge_ins != barge_ins
+        return not interrupted and self._done.get(response_id) != "cancelled"
 
     async def _end_call(self, call: rt.FunctionCall) -> None:
         if self._builtin_busy:
