@@ -192,6 +192,7 @@ class _CallBridge:
             wait_played_out=self.playout.wait_played_out,
             end=self.end,
             control=self.handle.control,
+            turn_pending=lambda: self.caller_speaking or self.answer_owed,
         )
         self.dtmf_outbox = self.outbox_send.clone()
         self.dtmf: DtmfCollector | None = None

@@ -94,6 +94,7 @@ class ToolRunner:
         wait_played_out: Callable[[], Awaitable[None]],
         end: Callable[[EndReason, str], None],
         control: CallControl | None,
+        turn_pending: Callable[[], bool] = lambda: False,
     ) -> None:
         self._tools = {t.name: t for t in tools}
         self._settings = settings
@@ -104,6 +105,9 @@ class ToolRunner:
         self._wait_played_out = wait_played_out
         self._end = end
         self._control = control
+        #: The caller is speaking, or server VAD has committed their turn and will create its
+        #: response: a response.create now would talk over them or collide with that response.
+        self._turn_pending = turn_pending
         self._nursery: trio.Nursery | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._running = 0
@@ -261,7 +265,8 @@ class ToolRunner:
         while True:
             await self._poke.wait()
             self._poke = trio.Event()
-            if self._want_response and self._running == 0 and not self._responding:
+            due = self._want_response and self._running == 0
+            if due and not self._responding and not self._turn_pending():
                 self._want_response = False
                 self._responding = True  # until this response's response.done
                 try:

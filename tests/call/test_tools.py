@@ -352,6 +352,31 @@ async def test_a_barge_in_does_not_cancel_a_tool(
     await call.ended()
 
 
+async def test_a_result_ready_while_the_caller_talks_waits_for_the_turns_response(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """No response.create while the caller speaks or server VAD is about to answer the turn:
+    the model would talk over the caller, and server VAD's own response would collide with ours
+    (``conversation_already_has_active_response``)."""
+    call = await start_call(nursery)
+    model = call.model
+    t0 = trio.current_time()
+    [call_id] = await model.call_tools(("order_status", '{"order_id": "A1001"}'))
+    await trio.sleep(0.1)
+    await model.speech_started()  # the caller is still talking when the lookup ends at 0.5
+    await trio.sleep_until(t0 + 0.8)
+    await model.speech_stopped()  # server VAD commits the turn and will create a response
+    await trio.sleep(0.1)
+    assert model.tool_traffic() == [(t0 + 0.5, f"output:{call_id}")]
+    response_id, item_id = await model.start_response()
+    await model.audio_delta(response_id, item_id, pcm_tone(100))
+    await model.finish_response(response_id, item_id)
+    await wait_all_tasks_blocked()
+    assert model.tool_traffic()[-1] == (t0 + 0.9, "response.create")
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
 async def test_concurrency_cap_and_time_budget(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
