@@ -247,8 +247,17 @@ class ToolRunner:
 
     def _error(self, call: rt.FunctionCall, kind: str, message: str) -> str:
         self._summary.tool_errors += 1
-        self._log.warning("tool %s %s (call_id=%s): %s", call.name, kind, call.call_id, message)
-        return json.dumps({"error": f"{kind}: {message}"})
+        # A tool's exception text is as unbounded as a result: cut it to the same cap.
+        limit, text = self._settings.max_tool_output_chars, f"{kind}: {message}"
+        output = json.dumps({"error": text})
+        cut = len(text)
+        while len(output) > limit and cut > 0:
+            cut = max(0, cut - (len(output) - limit) - 2)
+            output = json.dumps({"error": text[:cut] + "…"})
+        self._log.warning(
+            "tool %s %s (call_id=%s): %s", call.name, kind, call.call_id, message[:limit]
+        )
+        return output
 
     async def _refuse(self, call: rt.FunctionCall, why: str) -> None:
         await self._answer(call, self._error(call, "refused", why))

@@ -81,6 +81,16 @@ async def slow() -> str:
 
 TOOLS: Sequence[Tool] = (order_status, broken, slow)
 
+
+@tool
+async def dump(rows: int) -> list[str]:
+    """Returns ``rows`` rows, or fails with all of them in its message."""
+    table = [f"row {i:05d}" for i in range(rows)]
+    if rows > 1000:
+        raise ToolError(f"too many rows: {table}")
+    return table
+
+
 #: Released at the end of the story that uses ``hangs``, so its threads finish.
 HANG = threading.Event()
 HUNG_THREADS: list[str] = []
@@ -424,6 +434,30 @@ async def test_hung_sync_tools_are_bounded_per_call_and_spare_the_process_thread
     assert len(HUNG_THREADS) == 2
     assert default_threads.borrowed_tokens == 0
     HANG.set()
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
+async def test_what_goes_back_to_the_model_is_capped(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A result over ``max_tool_output_chars`` is an error; so is an error message over it cut."""
+    call = await start_call(
+        nursery, tools=(dump,), actions=ActionSettings(max_tool_output_chars=500)
+    )
+    ids = await call.model.call_tools(("dump", '{"rows": 3}'), ("dump", '{"rows": 100}'))
+    [huge] = await call.model.call_tools(("dump", '{"rows": 5000}'))
+    await trio.sleep(1)
+    outputs = call.model.outputs()
+    assert outputs[ids[0]] == ["row 00000", "row 00001", "row 00002"]
+    assert outputs[ids[1]] == {"error": "tool failed: result too large (1300 chars)"}
+    sent = {
+        m["item"]["call_id"]: m["item"]["output"]
+        for m in call.model.events("conversation.item.create")
+        if m["item"]["type"] == "function_call_output"
+    }
+    assert len(sent[huge]) <= 500
+    assert outputs[huge]["error"].startswith("tool error: too many rows: ['row 00000', ")
     call.handle.end(EndReason.CALL_DISCONNECTED)
     await call.ended()
 
