@@ -151,6 +151,14 @@ class ToolRunner:
         """A response is in progress (created, or asked for, and not yet done)."""
         return self._responding
 
+    def on_new_session(self, *, responding: bool) -> None:
+        """A (new) model session: a response of the old one will never be done.
+
+        ``responding``: the bridge asked this session for a response already.
+        """
+        self._responding = responding
+        self._poke.set()
+
     def on_response_created(self) -> None:
         self._responding = True
 

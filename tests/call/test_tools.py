@@ -678,6 +678,30 @@ async def test_keys_then_hash_become_one_user_item(
     assert summary.dtmf_entries == 1
 
 
+async def test_a_response_lost_with_its_session_does_not_block_the_next_ones(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The model connection drops after our response.create, before response.created: the new
+    session has no response in progress, so a keypad entry is answered at once."""
+    call = await start_call(nursery)
+    model = call.model
+    await model.call_tools(("order_status", '{"order_id": "A1001"}'))
+    await trio.sleep(0.6)
+    assert model.tool_traffic()[-1][1] == "response.create"
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await trio.sleep(1)  # the new session is configured
+    t1 = trio.current_time()
+    await call.acs.send_dtmf("7")
+    await call.acs.send_dtmf("#")
+    await wait_all_tasks_blocked()
+    second = [m["type"] for t, m in model.connections[1].messages if t >= t1]
+    assert second == ["conversation.item.create", "response.create"]
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
 async def test_keys_without_terminator_are_sent_after_the_inter_digit_timeout(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
