@@ -185,6 +185,8 @@ def test_action_settings_from_env() -> None:
     [
         ("TRANSFER_TARGET", "4255550199"),
         ("TRANSFER_TARGET", "sip:agent@contoso.com"),
+        # A Teams user's raw id is not an ACS user: it would go out as communicationUser.
+        ("TRANSFER_TARGET", "8:orgid:6b3e6d5a-0000-4000-8000-000000000001"),
         ("AGENT_TOOLS", "my-tools.py"),
         ("DTMF_ENABLED", "maybe"),
         ("DTMF_TERMINATOR", "##"),
