@@ -108,6 +108,16 @@ def test_bad_tools_fail_at_definition(define: object, message: str) -> None:
         define()  # type: ignore[operator]
 
 
+def test_a_nullable_parameter_without_a_default_may_be_omitted() -> None:
+    @tool
+    def note(text: str | None) -> str:
+        """Take a note."""
+        return text or "(empty)"
+
+    assert note.parameters["required"] == []  # X | None: optional for the model
+    assert note.func(**note.parse_arguments("{}")) == "(empty)"  # so the call gets None
+
+
 def test_unsupported_annotation_fails_at_definition() -> None:
     def f(x: dict[str, int]) -> None:
         """F."""
