@@ -664,7 +664,11 @@ def _softphone_from_env(env: _Env) -> SoftphoneSettings | None:
             )
         return None
     if token is None:
-        return SoftphoneSettings.generated()
+        # A generated token could only be shown by logging it; logs are not secret.
+        raise ConfigError(
+            "SOFTPHONE=1 needs SOFTPHONE_TOKEN, the secret in the page's URL "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
     if len(token) < SOFTPHONE_MIN_TOKEN_CHARS or re.fullmatch(r"[A-Za-z0-9_-]+", token) is None:
         raise ConfigError(
             f"SOFTPHONE_TOKEN must be at least {SOFTPHONE_MIN_TOKEN_CHARS} URL-safe characters "

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
@@ -76,6 +77,8 @@ class ControlPlane:
         #: Set when :meth:`run` has returned (after :meth:`close`, every supervisor done).
         self.finished = trio.Event()
         self.draining = False
+        #: Live calls the plane does not own that share MAX_CONCURRENT_CALLS (browser calls).
+        self.other_calls: Callable[[], int] = lambda: 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -94,7 +97,11 @@ class ControlPlane:
 
     @property
     def ready(self) -> bool:
-        return self._nursery is not None and not self.draining and len(self.calls) < self._max_calls
+        return (
+            self._nursery is not None
+            and not self.draining
+            and len(self.calls) + self.other_calls() < self._max_calls
+        )
 
     async def wait_idle(self) -> None:
         """Return when no call is registered (every call's tasks have ended)."""
@@ -145,7 +152,7 @@ class ControlPlane:
             return Admission.NOT_READY
         if self.draining:
             return Admission.DRAINING
-        if len(self.calls) >= self._max_calls:
+        if len(self.calls) + self.other_calls() >= self._max_calls:
             return Admission.FULL
         token = secrets.token_urlsafe(32)
         pending_id = f"pending-{incoming.server_call_id[-12:] or incoming.event_id[:12]}"
