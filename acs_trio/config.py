@@ -696,8 +696,10 @@ def _observability_from_env(env: _Env) -> Observability:
 
 #: E.164: a plus and up to 15 digits, the first not zero.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-#: ACS user ids are raw ids of the form ``8:acs:<resource>_<user>`` (Teams/bot ids also start ``8:``).
-_ACS_USER = re.compile(r"8:[a-z0-9-]+:[A-Za-z0-9_.:-]+")
+#: ACS user ids are raw ids of the form ``8:acs:<resource>_<user>`` (``8:spool:``, and
+#: ``8:dod-acs:``/``8:gcch-acs:`` in government clouds); the transfer sends them as
+#: ``communicationUser``, so other ``8:`` ids (Teams ``8:orgid:``, …) are refused.
+_ACS_USER = re.compile(r"8:(acs|spool|dod-acs|gcch-acs):[A-Za-z0-9_.:-]+")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DTMF_TONES = frozenset("0123456789*#ABCD")
 
