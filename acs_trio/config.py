@@ -7,11 +7,13 @@ whether ``timeout`` is seconds or milliseconds.  A missing or invalid value rais
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -21,10 +23,12 @@ __all__ = [
     "DEFAULT_REALTIME_MODEL",
     "REALTIME_MODEL_SHUTDOWNS",
     "AcsSettings",
+    "ActionSettings",
     "AgentSettings",
     "CallLimits",
     "ControlTimeouts",
     "ModelEndpoint",
+    "Observability",
     "ServerSettings",
     "Settings",
     "SoftphoneSettings",
@@ -226,6 +230,40 @@ class ControlTimeouts:
     media_done_after_end_s: float = 5.0
 
 
+@dataclass(frozen=True)
+class ActionSettings:
+    """What the agent can do besides talking: tools, hang up, transfer, hear the keypad.
+
+    docs/tools.md explains each one; all of them are per call.
+    """
+
+    #: ``AGENT_TOOLS``: a module (``package.module``) whose ``@tool`` functions the model may call.
+    tools_module: str | None = None
+    #: ``TRANSFER_TARGET``: an E.164 number (``+14255550100``) or an ACS user id (``8:acs:…``);
+    #: when set, the built-in ``transfer_call`` tool is offered.
+    transfer_target: str | None = None
+    #: One tool call's deadline (a tool may ask for less with ``@tool(timeout_s=…)``).
+    tool_timeout_s: float = 10.0
+    #: Tool calls running at once in one call; more are answered with an error output at once.
+    max_concurrent_tools: int = 4
+    #: Total time tools may run in one call; after that every tool call is refused.
+    tool_time_budget_s: float = 120.0
+    #: A tool result longer than this (JSON characters) is replaced by an error output.
+    max_tool_output_chars: int = 16 * 1024
+    #: ``end_call``/``transfer_call`` wait for the agent's last words to play, at most this long.
+    goodbye_max_wait_s: float = 30.0
+    #: From ``transfer_call_to_participant`` to ``CallTransferAccepted``/``Failed``, at most.
+    transfer_timeout_s: float = 60.0
+    #: Keypad: answer with ``enableDtmfTones`` and hand tones to the model (docs/protocols/acs.md §4.2).
+    dtmf_enabled: bool = True
+    #: Digits are sent this long after the last one, unless the terminator came first.
+    dtmf_inter_digit_timeout_ms: int = 2000
+    #: Ends a keypad entry at once (and is part of it); empty for none.
+    dtmf_terminator: str = "#"
+    #: An entry longer than this is sent at once.
+    dtmf_max_digits: int = 32
+
+
 # --- server-level limits: one home for every number a reviewer may want to tune -----------------
 
 #: Webhook bodies above this get 413 (Quart's MAX_CONTENT_LENGTH).
@@ -286,6 +324,30 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class Observability:
+    """Logs, metrics and recordings (docs/operations.md)."""
+
+    #: ``text`` (human-readable, the default) or ``json`` (one JSON object per line).
+    log_format: str = "text"
+    #: Serve Prometheus metrics on ``GET /metrics``.
+    metrics_enabled: bool = True
+    #: Opt-in: per call a stereo WAV, a transcript JSONL and a summary JSON under this directory.
+    recordings_dir: str | None = None
+    #: Recordings older than this are deleted (checked hourly); 0 keeps them forever.
+    recordings_retention_days: float = 30.0
+
+
+#: Recording write-behind: chunks of RECORDING_CHUNK_MS of stereo audio, at most
+#: RECORDING_QUEUE_CHUNKS queued for the writer thread (beyond that they are dropped and counted).
+RECORDING_CHUNK_MS = 500
+RECORDING_QUEUE_CHUNKS = 64
+#: How often the retention sweep runs.
+RECORDINGS_SWEEP_INTERVAL_S = 3600.0
+#: The event-loop lag probe's period.
+LOOP_LAG_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
 class SoftphoneSettings:
     """The browser softphone page (docs/softphone.md); off unless ``SOFTPHONE=1``."""
 
@@ -310,13 +372,17 @@ class Settings:
     acs: AcsSettings | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
     log_level: str = "INFO"
+    observability: Observability = field(default_factory=Observability)
+    #: Things worth a WARNING once logging is up (e.g. quotes removed from a value).
+    notices: tuple[str, ...] = ()
+    actions: ActionSettings = field(default_factory=ActionSettings)
     #: None (the default): no softphone route exists.
     softphone: SoftphoneSettings | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Env(os.environ if environ is None else environ)
-        return cls(
+        settings = cls(
             model=_model_from_env(env),
             agent=_agent_from_env(env),
             limits=_limits_from_env(env),
@@ -332,8 +398,11 @@ class Settings:
                 ),
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
+            observability=_observability_from_env(env),
+            actions=_actions_from_env(env),
             softphone=_softphone_from_env(env),
         )
+        return replace(settings, notices=tuple(env.notices))
 
     def require_model(self) -> ModelEndpoint:
         if self.model is None:
@@ -358,12 +427,24 @@ class _Env:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
+        self.notices: list[str] = []
 
     def raw(self, name: str) -> str | None:
         value = self._environ.get(name)
         if value is None or value.strip() == "":
             return None
-        return value.strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            # `docker run --env-file` passes quotes literally (a shell-style file has them).
+            notice = (
+                f"{name}: removed the surrounding {value[0]} quotes (docker --env-file keeps "
+                "quotes literally: write NAME=value without quotes there)"
+            )
+            if notice not in self.notices:
+                self.notices.append(notice)
+            value = value[1:-1].strip()
+            return value or None
+        return value
 
     def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
         value = self.raw(name)
@@ -375,15 +456,29 @@ class _Env:
             raise ConfigError(f"{name}={value!r} is invalid: {exc}") from None
 
 
+def _log_format(value: str) -> str:
+    lowered = value.lower()
+    if lowered not in {"text", "json"}:
+        raise ValueError("must be text or json")
+    return lowered
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
 def _positive_int(value: str) -> int:
-    number = int(value)
+    number = _int(value)
     if number <= 0:
         raise ValueError("must be a positive integer")
     return number
 
 
 def _port(value: str) -> int:
-    number = int(value)
+    number = _int(value)
     if not 0 <= number <= 65535:
         raise ValueError("must be a TCP port (0-65535)")
     return number
@@ -539,17 +634,123 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
     connection_string = env.get("ACS_CONNECTION_STRING", str, "")
-    if (
-        "endpoint=" not in connection_string.lower()
-        or "accesskey=" not in connection_string.lower()
-    ):
-        raise ConfigError("ACS_CONNECTION_STRING must look like 'endpoint=https://…;accesskey=…'")
+    _check_connection_string(connection_string)
     return AcsSettings(
         connection_string=connection_string,
         public_base_url=env.get("PUBLIC_BASE_URL", _https_base, ""),
-        resource_id=env.get("ACS_RESOURCE_ID", str, ""),
+        resource_id=env.get("ACS_RESOURCE_ID", _resource_id, ""),
         jwks_url=env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL),
         jwt_issuer=env.get("ACS_JWT_ISSUER", str, DEFAULT_ACS_JWT_ISSUER),
+    )
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _resource_id(value: str) -> str:
+    """The JWT audience is the resource's *immutable id*, a GUID (docs/protocols/acs.md §5)."""
+    if value.lower().startswith("/subscriptions/") or "/providers/" in value.lower():
+        raise ValueError(
+            "that is the ARM resource path; use the resource's Immutable Resource ID, a GUID "
+            "(Azure portal: your Communication Services resource > Properties)"
+        )
+    if not _GUID.match(value):
+        raise ValueError(
+            "must be the resource's Immutable Resource ID, a GUID like "
+            "6b0c6a0e-0000-4000-8000-000000000000 (Azure portal: resource > Properties)"
+        )
+    return value
+
+
+def _check_connection_string(value: str) -> None:
+    """What azure-communication's parser needs: ``endpoint=https://…;accesskey=<base64>``."""
+    shape = "ACS_CONNECTION_STRING must look like 'endpoint=https://…;accesskey=…'"
+    parts: dict[str, str] = {}
+    for part in value.split(";"):
+        key, sep, item = part.partition("=")
+        if sep:
+            parts[key.strip().lower()] = item.strip()
+    endpoint, key = parts.get("endpoint", ""), parts.get("accesskey", "")
+    if not endpoint or not key:
+        raise ConfigError(shape)
+    if urlsplit(endpoint).scheme not in {"https", "http"} or not urlsplit(endpoint).netloc:
+        raise ConfigError(f"{shape}: the endpoint is not an https:// URL")
+    try:
+        base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(
+            "ACS_CONNECTION_STRING: the accesskey is not base64 (copy the whole connection "
+            "string from the portal: Keys > Connection string)"
+        ) from None
+
+
+def _observability_from_env(env: _Env) -> Observability:
+    d = Observability()
+    return Observability(
+        log_format=env.get("LOG_FORMAT", _log_format, d.log_format),
+        metrics_enabled=env.get("METRICS_ENABLED", _bool, d.metrics_enabled),
+        recordings_dir=env.get("RECORDINGS_DIR", str, "") or None,
+        recordings_retention_days=env.get(
+            "RECORDINGS_RETENTION_DAYS", _non_negative_float, d.recordings_retention_days
+        ),
+    )
+
+
+#: E.164: a plus and up to 15 digits, the first not zero.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+#: ACS user ids are raw ids of the form ``8:acs:<resource>_<user>`` (``8:spool:``, and
+#: ``8:dod-acs:``/``8:gcch-acs:`` in government clouds); the transfer sends them as
+#: ``communicationUser``, so other ``8:`` ids (Teams ``8:orgid:``, …) are refused.
+_ACS_USER = re.compile(r"8:(acs|spool|dod-acs|gcch-acs):[A-Za-z0-9_.:-]+")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_DTMF_TONES = frozenset("0123456789*#ABCD")
+
+
+def _transfer_target(value: str) -> str:
+    if _E164.fullmatch(value) or _ACS_USER.fullmatch(value):
+        return value
+    raise ValueError("must be an E.164 phone number (+14255550100) or an ACS user id (8:acs:...)")
+
+
+def _module_name(value: str) -> str:
+    if not _MODULE.fullmatch(value):
+        raise ValueError("must be an importable module name like mypackage.tools")
+    return value
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _dtmf_terminator(value: str) -> str:
+    if value.lower() == "none":
+        return ""
+    if len(value) != 1 or value not in _DTMF_TONES:
+        raise ValueError("must be one keypad key (0-9 * # A-D) or 'none'")
+    return value
+
+
+def _actions_from_env(env: _Env) -> ActionSettings:
+    d = ActionSettings()
+    return ActionSettings(
+        tools_module=env.get("AGENT_TOOLS", _module_name, "") or None,
+        transfer_target=env.get("TRANSFER_TARGET", _transfer_target, "") or None,
+        tool_timeout_s=env.get("TOOL_TIMEOUT_S", _positive_float, d.tool_timeout_s),
+        max_concurrent_tools=env.get("TOOL_MAX_CONCURRENT", _positive_int, d.max_concurrent_tools),
+        tool_time_budget_s=env.get("TOOL_TIME_BUDGET_S", _positive_float, d.tool_time_budget_s),
+        goodbye_max_wait_s=env.get("GOODBYE_MAX_WAIT_S", _positive_float, d.goodbye_max_wait_s),
+        transfer_timeout_s=env.get("TRANSFER_TIMEOUT_S", _positive_float, d.transfer_timeout_s),
+        dtmf_enabled=env.get("DTMF_ENABLED", _bool, d.dtmf_enabled),
+        dtmf_inter_digit_timeout_ms=env.get(
+            "DTMF_INTER_DIGIT_TIMEOUT_MS", _positive_int, d.dtmf_inter_digit_timeout_ms
+        ),
+        dtmf_terminator=env.get("DTMF_TERMINATOR", _dtmf_terminator, d.dtmf_terminator),
+        dtmf_max_digits=env.get("DTMF_MAX_DIGITS", _positive_int, d.dtmf_max_digits),
     )
 
 
@@ -571,7 +772,11 @@ def _softphone_from_env(env: _Env) -> SoftphoneSettings | None:
             )
         return None
     if token is None:
-        return SoftphoneSettings.generated()
+        # A generated token could only be shown by logging it; logs are not secret.
+        raise ConfigError(
+            "SOFTPHONE=1 needs SOFTPHONE_TOKEN, the secret in the page's URL "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
     if len(token) < SOFTPHONE_MIN_TOKEN_CHARS or re.fullmatch(r"[A-Za-z0-9_-]+", token) is None:
         raise ConfigError(
             f"SOFTPHONE_TOKEN must be at least {SOFTPHONE_MIN_TOKEN_CHARS} URL-safe characters "

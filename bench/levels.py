@@ -189,7 +189,11 @@ async def run_main(args: argparse.Namespace) -> int:
         arms.append(install_ref(args.compare, args.out))
     started = time.time()
     rows: list[LevelRow] = []
-    async with open_bench(args.out, arms=arms) as bench:
+    from observe_cost import observe_env
+
+    async with open_bench(
+        args.out, arms=arms, server_env=observe_env(args.observe, args.out)
+    ) as bench:
         labels = list(bench.servers)
         idle: dict[str, Snapshot] = {}
         idle_cpu_pct: dict[str, float] = {}
@@ -301,6 +305,7 @@ async def run_main(args: argparse.Namespace) -> int:
             "nice": args.nice,
             "sched_rr_priority": args.rt,
             "rounds": args.rounds,
+            "observe": args.observe,
         },
         "idle": {
             label: {

@@ -5,6 +5,7 @@
     python bench/load.py profile --calls 100 [--seconds 30]
     python bench/load.py --levels 25,50,75 --compare ad65ca8     # same-run A/B against a git ref
     python bench/load.py --levels 25,50 --arm b20:APPEND_BATCH_MS=20   # A/B of settings
+    python bench/load.py observe [--calls 40] [--rounds 4]   # CPU: metrics/recording off vs on
 
 The server runs as its own process pinned to core 0 (``taskset -c 0``); this process (fake ACS
 REST + JWKS over TLS, the fake realtime model, all media clients; asyncio + uvloop + picows +
@@ -29,7 +30,7 @@ from harness import pin_to_core  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/load.py", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "mode", nargs="?", default="run", choices=["run", "leak", "profile", "smoke"]
+        "mode", nargs="?", default="run", choices=["run", "leak", "profile", "smoke", "observe"]
     )
     parser.add_argument(
         "--quick", action="store_true", help="about one minute: levels 1,5,10, short windows"
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="run with several arms: turns per arm at each level (ABBA order)",
+        default=None,
+        help="run with several arms: turns per arm at each level, ABBA order (default 1); "
+        "observe: measurement windows (default 4)",
     )
     parser.add_argument(
         "--arm",
@@ -91,7 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tag", default="", help="label stored in the JSON (e.g. 'before', 'after')"
     )
+    parser.add_argument(
+        "--observe",
+        choices=["off", "metrics", "all"],
+        default="metrics",
+        help="run: server metrics off, on (the default, as shipped), or metrics + RECORDINGS_DIR",
+    )
     args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 4 if args.mode == "observe" else 1
     args.out.mkdir(parents=True, exist_ok=True)
     pin_to_core(1)
     if args.nice:
@@ -104,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         from leak import leak_main as target
     elif args.mode == "profile":
         from spy import profile_main as target
+    elif args.mode == "observe":
+        from observe_cost import observe_main as target
     elif args.mode == "smoke":
         from levels import smoke_main as target
     else:

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .actions import CallControl
+from .observer import NULL_OBSERVER, CallObserver
+
 __all__ = ["CallHandle", "CallIds", "CallSummary", "EndReason"]
 
 
@@ -33,11 +36,18 @@ class EndReason(enum.Enum):
     SHUTDOWN = "shutdown"
     CANCELLED = "cancelled"  # the control plane ended it for another reason
     INTERNAL_ERROR = "internal_error"  # a bug: logged with its traceback
+    AGENT_HUNG_UP = "agent_hung_up"  # the model called end_call; its goodbye had played
+    TRANSFERRED = "transferred"  # CallTransferAccepted: ACS moved the caller; our leg is gone
 
     @property
     def caller_gone(self) -> bool:
         """True when ACS already ended the call, so hanging up would be pointless."""
-        return self in {EndReason.CALLER_HUNG_UP, EndReason.CALL_DISCONNECTED}
+        # After a transfer, hanging up "for everyone" would drop the caller from the new party.
+        return self in {
+            EndReason.CALLER_HUNG_UP,
+            EndReason.CALL_DISCONNECTED,
+            EndReason.TRANSFERRED,
+        }
 
     @property
     def media_close_code(self) -> int:
@@ -77,6 +87,15 @@ class CallHandle:
         self.end_requested = trio.Event()
         #: Set when ``run_call`` has returned: every task of the call has ended.
         self.finished = trio.Event()
+        #: Where the call reports metrics, recordings and transcripts (set by the control plane
+        #: before ``run_call``; see :mod:`acs_trio.call.observer`).
+        self.observer: CallObserver = NULL_OBSERVER
+        #: trio time of the first :meth:`end` (teardown time is measured from it).
+        self.end_requested_at: float | None = None
+        #: The caller's number (or raw id) from IncomingCall; tools see it in their context.
+        self.caller = ""
+        #: How the call asks the control plane for call actions (transfer); None without one.
+        self.control: CallControl | None = None
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         """Ask the call to end for ``reason``.  Safe to call at any time, from any task.
@@ -86,6 +105,7 @@ class CallHandle:
         if self._end_request is not None:
             return
         self._end_request = (reason, detail)
+        self.end_requested_at = trio.current_time()
         self.end_requested.set()
         if self._on_cancel is not None:
             self._on_cancel()
@@ -149,6 +169,12 @@ class CallSummary:
     gap_audio_dropped_ms: int = 0
     #: Items of cut responses deleted because nothing of them was heard.
     items_deleted: int = 0
+    #: Function calls from the model, and how many went back as errors / timed out.
+    tool_calls: int = 0
+    tool_errors: int = 0
+    tool_timeouts: int = 0
+    #: Keypad entries sent to the model (each one text item).
+    dtmf_entries: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -174,5 +200,36 @@ class CallSummary:
             f"rate_hz={self.sample_rate_hz} failed_responses={self.failed_responses} "
             f"model_reconnects={self.model_reconnects} recycles={self.session_recycles} "
             f"model_gap_ms={ms(self.model_gap_ms)} gap_audio_dropped_ms={self.gap_audio_dropped_ms} "
-            f"items_deleted={self.items_deleted}"
+            f"items_deleted={self.items_deleted} tool_calls={self.tool_calls} "
+            f"tool_errors={self.tool_errors} tool_timeouts={self.tool_timeouts} "
+            f"dtmf_entries={self.dtmf_entries}"
         )
+
+    def log_extra(self) -> dict[str, object]:
+        """The summary as flat keys for structured (JSON) log lines; no raw clock readings."""
+        return {
+            "call_id": self.ids.call_id,
+            "correlation_id": self.ids.correlation_id,
+            "end_reason": self.end_reason.value,
+            "end_detail": self.end_detail,
+            "duration_s": round(self.duration_s, 3),
+            "frames_in": self.frames_in,
+            "silent_frames_in": self.silent_frames_in,
+            "frames_out": self.frames_out,
+            "barge_ins": self.barge_ins,
+            "turns": self.turns,
+            "greeting_ttfa_ms": (
+                None if self.greeting_ttfa_ms is None else round(self.greeting_ttfa_ms, 1)
+            ),
+            "ttfa_ms": [round(v, 1) for v in self.ttfa_ms],
+            "barge_in_latency_ms": [round(v, 1) for v in self.barge_in_latency_ms],
+            "truncated_at_ms": list(self.truncated_at_ms),
+            "frames_dropped_barge_in": self.frames_dropped_barge_in,
+            "inbound_waits": self.inbound_waits,
+            "outbound_waits": self.outbound_waits,
+            "bad_acs_messages": self.bad_acs_messages,
+            "bad_model_messages": self.bad_model_messages,
+            "model_errors": self.model_errors,
+            "unknown_kinds": dict(self.unknown_kinds),
+            "sample_rate_hz": self.sample_rate_hz,
+        }

@@ -30,9 +30,9 @@ import trio
 from ..errors import MediaClosed
 from ..wire.acs_media import STOP_AUDIO, encode_audio_data
 from .agent_audio import CutLine, OutboundFrame
-from .events import CallEventSink
 from .lifecycle import CallSummary
 from .media_socket import MediaSocket
+from .observer import NULL_OBSERVER, CallObserver
 
 __all__ = ["Interruption", "OutboundFrame", "Playout"]
 
@@ -87,10 +87,9 @@ class Playout:
         *,
         lead_ms: int,
         cut_line: CutLine | None = None,
-        events: CallEventSink | None = None,
+        observer: CallObserver = NULL_OBSERVER,
     ) -> None:
         self._media = media
-        self._events = events
         self._frames = frames
         self._summary = summary
         self._lead_s = lead_ms / 1000
@@ -106,6 +105,12 @@ class Playout:
         self.last_write = 0.0
         #: Set when a write found the ACS socket closed (the caller hung up mid-playout).
         self.media_closed = False
+        self._observer = observer
+        #: Audio written but not yet played (estimate) when the last barge-in cut it, ms.
+        self._flushed_ms = 0.0
+        # A frame taken from the channel and not yet written (wait_played_out counts it).
+        self._holding = False
+        self._frame_s = 0.02
 
     # --- called from the model task (synchronous: no checkpoint, so no interleaving) ---------
 
@@ -151,10 +156,27 @@ class Playout:
             slots.cut(now)
             played[item_id] = slots.played_ms(now)
         self._stop_since = now
+        self._flushed_ms = flushed_ms
         self._playout_end = now
         if self._wait_scope is not None:
             self._wait_scope.cancel()
         return Interruption(played, flushed_ms, dropped)
+
+    async def wait_played_out(self) -> None:
+        """Return when every frame queued so far has been written and ACS has played it.
+
+        "Played" is the playout clock: the last written frame ends at ``_playout_end`` (writes are
+        paced, so ACS's queue is at most one lead long).  A barge-in ends the wait at once.
+        """
+        while True:
+            now = trio.current_time()
+            pending = self._frames.statistics().current_buffer_used > 0 or self._holding
+            if not pending and now >= self._playout_end:
+                return
+            # While frames are pending the next write is due one lead before the queue's end;
+            # once none is, the last frame has played at _playout_end exactly.
+            step = self._frame_s if pending else 0.0
+            await trio.sleep_until(max(self._playout_end, now + step))
 
     # --- the task ------------------------------------------------------------------------------
 
@@ -172,6 +194,7 @@ class Playout:
     async def _run(self) -> None:
         with self._frames:
             while True:
+                self._holding = False
                 if self._stop_since is not None:
                     await self._write_stop_audio()
                     continue
@@ -184,6 +207,7 @@ class Playout:
                     return
                 if frame is None:  # woken by interrupt()
                     continue
+                self._holding = True
                 if self._cut.is_cut(frame.response_seq):
                     self._summary.frames_dropped_barge_in += 1
                     continue
@@ -225,6 +249,7 @@ class Playout:
                 self._items.popitem(last=False)
         slots.add(start, self._playout_end)
         await self._media.send(encode_audio_data(frame.pcm))
+        self._observer.on_agent_audio(frame.pcm, start)
         written = trio.current_time()
         self.last_write = written
         summary = self._summary
@@ -232,27 +257,17 @@ class Playout:
         if self._greeting_since is not None:
             summary.greeting_ttfa_ms = (written - self._greeting_since) * 1000
             self._greeting_since = None
-            if self._events is not None:
-                self._events(
-                    {
-                        "type": "latency",
-                        "metric": "greeting_ttfa",
-                        "ms": round(summary.greeting_ttfa_ms, 1),
-                    }
-                )
+            self._observer.on_ttfa(summary.greeting_ttfa_ms, greeting=True)
         if self._answer_wait is not None and frame.response_seq > self._answer_wait[1]:
             summary.ttfa_ms.append((written - self._answer_wait[0]) * 1000)
             self._answer_wait = None
-            if self._events is not None:
-                self._events(
-                    {"type": "latency", "metric": "ttfa", "ms": round(summary.ttfa_ms[-1], 1)}
-                )
+            self._observer.on_ttfa(summary.ttfa_ms[-1], greeting=False)
 
     async def _write_stop_audio(self) -> None:
         assert self._stop_since is not None
         since, self._stop_since = self._stop_since, None
         await self._media.send(STOP_AUDIO)
-        latency_ms = (trio.current_time() - since) * 1000
+        now = trio.current_time()
+        latency_ms = (now - since) * 1000
         self._summary.barge_in_latency_ms.append(latency_ms)
-        if self._events is not None:
-            self._events({"type": "latency", "metric": "barge_in", "ms": round(latency_ms, 1)})
+        self._observer.on_stop_audio(now, latency_ms, self._flushed_ms)

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
@@ -24,6 +25,7 @@ from ..call.predial import PreDial
 from ..config import SEEN_EVENTS_MAX, ControlTimeouts
 from ..wire.webhook import CallbackEvent, IncomingCall
 from .acs_rest import AcsRest
+from .call_actions import TRANSFER_EVENTS, RecordControl
 from .supervisor import CallRecord, CallSupervisor
 
 __all__ = ["Admission", "CallRecord", "ControlPlane"]
@@ -55,6 +57,7 @@ class ControlPlane:
         public_base_url: str,
         max_concurrent_calls: int,
         timeouts: ControlTimeouts | None = None,
+        enable_dtmf_tones: bool = True,
         connect_model: ModelConnector | None = None,
     ) -> None:
         self._rest = rest
@@ -63,7 +66,8 @@ class ControlPlane:
         self._base = public_base_url.rstrip("/")
         self._max_calls = max_concurrent_calls
         self._timeouts = ControlTimeouts() if timeouts is None else timeouts
-        self._supervisor = CallSupervisor(rest, self._timeouts)
+        self._supervisor = CallSupervisor(rest, self._timeouts, enable_dtmf_tones=enable_dtmf_tones)
+        self._controls: dict[str, RecordControl] = {}
         self.calls: dict[str, CallRecord] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._nursery: trio.Nursery | None = None
@@ -73,6 +77,8 @@ class ControlPlane:
         #: Set when :meth:`run` has returned (after :meth:`close`, every supervisor done).
         self.finished = trio.Event()
         self.draining = False
+        #: Live calls the plane does not own that share MAX_CONCURRENT_CALLS (browser calls).
+        self.other_calls: Callable[[], int] = lambda: 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -91,7 +97,11 @@ class ControlPlane:
 
     @property
     def ready(self) -> bool:
-        return self._nursery is not None and not self.draining and len(self.calls) < self._max_calls
+        return (
+            self._nursery is not None
+            and not self.draining
+            and len(self.calls) + self.other_calls() < self._max_calls
+        )
 
     async def wait_idle(self) -> None:
         """Return when no call is registered (every call's tasks have ended)."""
@@ -142,7 +152,7 @@ class ControlPlane:
             return Admission.NOT_READY
         if self.draining:
             return Admission.DRAINING
-        if len(self.calls) >= self._max_calls:
+        if len(self.calls) + self.other_calls() >= self._max_calls:
             return Admission.FULL
         token = secrets.token_urlsafe(32)
         pending_id = f"pending-{incoming.server_call_id[-12:] or incoming.event_id[:12]}"
@@ -151,6 +161,9 @@ class ControlPlane:
             handle=CallHandle(CallIds(pending_id, incoming.correlation_id)),
             incoming=incoming,
         )
+        record.handle.caller = incoming.caller
+        control = RecordControl(record, self._rest, rest_timeout_s=self._timeouts.answer_s)
+        record.handle.control = self._controls[token] = control
         if self._connect_model is not None:
             record.predial = PreDial(self._connect_model)
         # Registered BEFORE answer_call: the media socket may connect before it returns.
@@ -214,6 +227,8 @@ class ControlPlane:
                 update,
             )
             record.end(EndReason.CANCELLED, f"MediaStreamingFailed {event.result_summary()}")
+        elif name in TRANSFER_EVENTS:
+            self._controls[token].on_transfer_event(event)
         elif name.startswith("MediaStreaming") or name == "CallConnected":
             logger.info(
                 "%s %s update=%s", record.ids, name, event.data.get("mediaStreamingUpdate", "-")
@@ -247,6 +262,7 @@ class ControlPlane:
                 nursery.cancel_scope.cancel()  # the call is over: drop an unused early socket
         finally:
             del self.calls[record.token]
+            del self._controls[record.token]
             if not self.calls:
                 self._idle.set()
             logger.debug("%s released", record.ids)

@@ -24,6 +24,7 @@ from ..config import HANG_UP_FIRST_RETRY_S, HANG_UP_MAX_RETRY_S, ControlTimeouts
 from ..errors import AcsRestError
 from ..wire.webhook import IncomingCall
 from .acs_rest import AcsRest
+from .logs import call_context
 
 __all__ = ["CallRecord", "CallSupervisor", "wait_any"]
 
@@ -74,12 +75,19 @@ class CallRecord:
 class CallSupervisor:
     """Runs one call's life at a time per task; holds no per-call state of its own."""
 
-    def __init__(self, rest: AcsRest, timeouts: ControlTimeouts) -> None:
+    def __init__(
+        self, rest: AcsRest, timeouts: ControlTimeouts, *, enable_dtmf_tones: bool = True
+    ) -> None:
         self._rest = rest
         self._timeouts = timeouts
+        self._dtmf = enable_dtmf_tones
 
     async def run(self, record: CallRecord, *, callback_url: str, transport_url: str) -> None:
         """One call's whole life.  Nothing but Cancelled escapes: the nursery is every call's."""
+        with call_context(record.handle):
+            await self._run(record, callback_url=callback_url, transport_url=transport_url)
+
+    async def _run(self, record: CallRecord, *, callback_url: str, transport_url: str) -> None:
         try:
             if await self._answer(record, callback_url, transport_url):
                 await self._follow(record)
@@ -107,6 +115,7 @@ class CallSupervisor:
                     incoming.incoming_call_context,
                     callback_url=callback_url,
                     transport_url=transport_url,
+                    enable_dtmf_tones=self._dtmf,
                 )
         except AcsRestError as exc:
             return self._answer_failed(record, f"answer_call failed: {exc}")

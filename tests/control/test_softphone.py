@@ -11,8 +11,9 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,14 +22,20 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 from trio.testing import wait_all_tasks_blocked
 
 from acs_trio.config import (
+    SOFTPHONE_EVENT_QUEUE,
+    SOFTPHONE_MAX_CALLS,
     SOFTPHONE_MEDIA_CONNECT_S,
     AgentSettings,
+    CallLimits,
+    Observability,
     Settings,
     SoftphoneSettings,
 )
 from acs_trio.control.app import create_app
-from acs_trio.control.softphone import create_phone_app
+from acs_trio.control.softphone import BrowserCall, SoftphoneCalls, create_phone_app
 from acs_trio.errors import ConfigError
+from tests.acs_service import FakeAcsService, incoming_call_event
+from tests.control.test_app import StandInCalls, settings as acs_settings
 from tests.fakes import FakeModel, pcm_tone
 
 TOKEN = "t" * 32
@@ -146,12 +153,12 @@ def acs_env() -> dict[str, str]:
     return {
         "ACS_CONNECTION_STRING": "endpoint=https://acs.test/;accesskey=QUJDRA==",
         "PUBLIC_BASE_URL": "https://bot.test",
-        "ACS_RESOURCE_ID": "res-1",
+        "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000001",
         "REALTIME_URL": "ws://127.0.0.1:1/v1/realtime",
     }
 
 
-async def test_serve_has_no_softphone_unless_enabled() -> None:
+async def test_serve_has_no_softphone_unless_enabled(caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings.from_env(acs_env())
     assert settings.softphone is None
     async with create_app(settings).test_app() as test_app:
@@ -166,11 +173,16 @@ async def test_serve_has_no_softphone_unless_enabled() -> None:
         client = test_app.test_client()
         assert (await client.get(f"{PAGE}/")).status_code == 200
         assert (await client.get(f"/softphone/{'x' * 32}/")).status_code == 403
+    # The start-up line names the URL, but never the whole token (logs are not secret).
+    started = [r.getMessage() for r in caplog.records if "SOFTPHONE=1" in r.getMessage()]
+    assert started and "https://bot.test/softphone/tttt…/" in started[0]
+    assert not [r for r in caplog.records if TOKEN in r.getMessage()]
 
 
 def test_softphone_settings_fail_closed() -> None:
-    generated = Settings.from_env({"SOFTPHONE": "1"}).softphone
-    assert generated is not None and len(generated.token) >= 22
+    # serve cannot show a generated token without logging it: the operator must choose one.
+    with pytest.raises(ConfigError, match="SOFTPHONE=1 needs SOFTPHONE_TOKEN"):
+        Settings.from_env({"SOFTPHONE": "1"})
     with pytest.raises(ConfigError, match="SOFTPHONE_TOKEN must be at least 22"):
         Settings.from_env({"SOFTPHONE": "1", "SOFTPHONE_TOKEN": "short"})
     with pytest.raises(ConfigError, match="SOFTPHONE_TOKEN must be at least 22"):
@@ -279,6 +291,91 @@ async def test_a_browser_call_runs_the_same_bridge_and_reports_events(
     assert p.model.seen.closed is not None
 
 
+def transcript_lines(directory: Path, call_id: str) -> list[dict[str, Any]]:
+    [path] = directory.glob(f"*/*_{call_id}.transcript.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_on_serve_the_page_metrics_and_recorder_observe_the_same_call(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """With SOFTPHONE=1 the page's events are one observer of the call, beside metrics and the
+    recorder (control/observe.py): each of them sees the call, and the page's events are the same."""
+    model = FakeModel(nursery)
+    settings = replace(
+        acs_settings(),
+        agent=AgentSettings(greeting=None),
+        softphone=SoftphoneSettings(token=TOKEN),
+        observability=Observability(recordings_dir=str(tmp_path)),
+    )
+    app = create_app(
+        settings, http_transport=FakeAcsService().transport, connect_model=model.connect
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket(f"{PAGE}/events") as events:
+            hello = await next_event(events)
+            async with client.websocket(hello["media_path"]) as media:
+                await media.send(metadata())
+                assert await next_event(events) == {
+                    "type": "call_started",
+                    "call_id": hello["call_id"],
+                }
+                await model.wait_for("session.update")
+                await model.speech_started("item_u1")
+                await trio.sleep(0.5)
+                await model.speech_stopped("item_u1")
+                await model.send(
+                    {
+                        "type": "conversation.item.input_audio_transcription.completed",
+                        "event_id": "ev_t1",
+                        "item_id": "item_u1",
+                        "content_index": 0,
+                        "transcript": "Hello?",
+                    }
+                )
+                assert await events_until(events, "transcript") == [
+                    {"type": "speech_started", "barge_in": False},
+                    {"type": "speech_stopped", "turn": 1},
+                    {
+                        "type": "transcript",
+                        "role": "caller",
+                        "item_id": "item_u1",
+                        "text": "Hello?",
+                    },
+                ]
+            ended = await events_until(events, "call_ended")
+            assert ended[-1]["reason"] == "caller_hung_up" and ended[-1]["turns"] == 1
+            with pytest.raises(WebsocketDisconnectError):
+                await events.receive()  # closed after the call (and its recording) ended
+        scrape = await (await client.get("/metrics")).get_data(as_text=True)
+        assert 'acs_trio_calls_ended_total{reason="caller_hung_up"} 1.0' in scrape
+    lines = transcript_lines(tmp_path, hello["call_id"])
+    assert [(line["type"], line.get("text")) for line in lines] == [
+        ("call_started", None),
+        ("speech_started", None),
+        ("speech_stopped", None),
+        ("transcript", "Hello?"),
+        ("call_ended", None),
+    ]
+
+
+async def test_a_page_that_falls_behind_loses_events_and_never_slows_the_call() -> None:
+    """The page's observer queues at most SOFTPHONE_EVENT_QUEUE events; the rest are dropped and
+    counted (logged at the end of the call), and a gone page is no error."""
+    call = SoftphoneCalls().open()
+    assert isinstance(call, BrowserCall)
+    observer = call.handle.observer
+    for n in range(SOFTPHONE_EVENT_QUEUE + 5):
+        observer.on_transcript("agent", f"line {n}", 0.0, item_id=f"item_{n}")
+    assert call.events_dropped == 5
+    first = call.events_recv.receive_nowait()
+    assert first == {"type": "transcript", "role": "agent", "item_id": "item_0", "text": "line 0"}
+    await call.events_recv.aclose()
+    observer.on_ttfa(12.34, greeting=False)  # the page's socket is gone: silently nothing
+    assert call.events_dropped == 5
+
+
 # -- bad input and endings ----------------------------------------------------------------------
 
 
@@ -376,4 +473,86 @@ async def test_shutdown_ends_browser_calls(
         ended = await events_until(events, "call_ended")
         assert ended[-1]["reason"] == "shutdown"
         # Draining: no new call.
+        assert await refusal(p.client, f"{PAGE}/events") == 503
+
+
+async def test_an_unexpected_error_is_logged_without_the_tokens(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken_run_call(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the call")
+
+    model = FakeModel(nursery)
+    app = create_phone_app(
+        Settings(), SoftphoneSettings(token=TOKEN), model.connect, run_call=broken_run_call
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket(f"{PAGE}/events") as events:
+            hello = await next_event(events)
+            secret = hello["media_path"].rpartition("/")[2]
+            async with client.websocket(hello["media_path"]) as media:
+                with pytest.raises(WebsocketDisconnectError):
+                    await media.receive()
+    # Quart's own "Exception on websocket <path>" line: the path is there, its secrets are not.
+    errors = [r for r in caplog.records if "Exception on websocket" in r.getMessage()]
+    assert errors and errors[0].getMessage().endswith("/softphone/tttt…/media/" + secret[:4] + "…")
+    assert not [r for r in caplog.records if TOKEN in r.getMessage() or secret in r.getMessage()]
+
+
+async def test_browser_calls_count_against_max_concurrent_calls(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a deployed server a browser call takes one of the MAX_CONCURRENT_CALLS slots."""
+    acs, stand_in = FakeAcsService(), StandInCalls()
+    app = create_app(
+        replace(acs_settings(max_calls=1), softphone=SoftphoneSettings(token=TOKEN)),
+        http_transport=acs.transport,
+        run_call=stand_in.run_call,
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket(f"{PAGE}/events") as events:
+            assert (await next_event(events))["type"] == "call"
+            # The only slot is the browser's: a phone call is not answered, and not ready.
+            assert (await client.get("/readyz")).status_code == 503
+            await client.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+            await wait_all_tasks_blocked()
+            assert acs.answers == []
+            assert "full" in caplog.text
+        await wait_all_tasks_blocked()  # the page left: its call ended and was released
+        await client.post("/api/incomingCall", json=[incoming_call_event("e-2", "ctx-2")])
+        await wait_all_tasks_blocked()
+        assert len(acs.answers) == 1
+        # Now the phone call has the slot: no browser call.
+        assert await refusal(client, f"{PAGE}/events") == 503
+        assert "MAX_CONCURRENT_CALLS" in caplog.text
+
+
+async def test_a_page_flooding_its_one_way_event_socket_fails_its_call(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The side channel is one-way: past the bad-message limit, input there ends the call."""
+    async with phone(nursery) as p, p.events() as events:
+        hello = await next_event(events)
+        async with p.client.websocket(hello["media_path"]) as media:
+            await media.send(metadata())
+            await p.model.connected.wait()
+            for _ in range(CallLimits().max_bad_messages):
+                await events.send("x" * 1000)
+            await wait_all_tasks_blocked()
+            assert p.model.seen.closed is None  # up to the limit the page's chatter is ignored
+            await events.send("x" * 1000)
+            assert await close_code(media) == 1007
+        assert p.model.seen.closed is not None
+        assert p.model.seen.closed.reason == "call ended: acs_protocol_error"
+
+
+async def test_at_most_softphone_max_calls_browser_calls(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with phone(nursery) as p, AsyncExitStack() as stack:
+        for _ in range(SOFTPHONE_MAX_CALLS):
+            events = await stack.enter_async_context(p.events())
+            assert (await next_event(events))["type"] == "call"
         assert await refusal(p.client, f"{PAGE}/events") == 503
