@@ -90,6 +90,9 @@ class FakeAcsService:
         self.hang_up_attempts: list[str] = []
         self.answer_gate: Any = None  # a trio.Event the answer waits on, if set
         self.answer_seen = trio.Event()
+        #: incomingCallContexts rejected (busy) and (context, target raw id) redirected.
+        self.rejects: list[dict[str, Any]] = []
+        self.redirects: list[dict[str, Any]] = []
 
     @property
     def transport(self) -> Any:
@@ -132,6 +135,12 @@ class FakeAcsService:
                     "callConnectionState": "connecting",
                 },
             )
+        if path == "/calling/callConnections:reject":
+            self.rejects.append(json.loads(request.content))
+            return httpx.Response(204)
+        if path == "/calling/callConnections:redirect":
+            self.redirects.append(json.loads(request.content))
+            return httpx.Response(204)
         if path.endswith(":terminate"):
             connection = path.removeprefix("/calling/callConnections/").removesuffix(":terminate")
             self.hang_up_attempts.append(connection)
@@ -146,6 +155,10 @@ class FakeAcsService:
     def token_of(self, n: int) -> str:
         """The per-call token of the n-th answered call (1-based), read from its callbackUri."""
         return str(self.answers[n - 1]["callbackUri"]).rsplit("/", 1)[1]
+
+    def media_token_of(self, n: int) -> str:
+        """The n-th answered call's media token, read from its transportUrl."""
+        return str(self.answers[n - 1]["mediaStreamingOptions"]["transportUrl"]).rsplit("/", 1)[1]
 
 
 def incoming_call_event(

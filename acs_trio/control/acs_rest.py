@@ -34,11 +34,14 @@ from typing import Any
 import trio
 from azure.communication.callautomation import (
     AudioFormat,
+    CallRejectReason,
     MediaStreamingAudioChannelType,
     MediaStreamingContentType,
     MediaStreamingOptions,
+    PhoneNumberIdentifier,
     StreamingTransportType,
 )
+from azure.communication.callautomation._shared.models import identifier_from_raw_id
 from azure.communication.callautomation.aio import CallAutomationClient
 from azure.core.exceptions import (
     AzureError,
@@ -222,6 +225,33 @@ class AcsRest:
             raise _rest_error("answer_call", exc) from exc
         except _BAD_RESPONSE as exc:
             raise AcsRestError(f"answer_call: unusable response: {exc!r}") from exc
+
+    async def reject_call(self, incoming_call_context: str) -> None:
+        """Refuse a ringing call as busy (``POST /calling/callConnections:reject``)."""
+        client = self._require_client()
+        try:
+            await client.reject_call(
+                incoming_call_context, call_reject_reason=CallRejectReason.BUSY
+            )
+        except AzureError as exc:
+            raise _rest_error("reject_call", exc) from exc
+        except _BAD_RESPONSE as exc:
+            raise AcsRestError(f"reject_call: unusable response: {exc!r}") from exc
+
+    async def redirect_call(self, incoming_call_context: str, target: str) -> None:
+        """Send a ringing call elsewhere: ``target`` is ``+E.164`` or an ACS raw id (``8:acs:…``)."""
+        client = self._require_client()
+        participant = (
+            PhoneNumberIdentifier(target)
+            if target.startswith("+")
+            else identifier_from_raw_id(target)
+        )
+        try:
+            await client.redirect_call(incoming_call_context, participant)
+        except AzureError as exc:
+            raise _rest_error("redirect_call", exc) from exc
+        except _BAD_RESPONSE as exc:
+            raise AcsRestError(f"redirect_call: unusable response: {exc!r}") from exc
 
     async def hang_up(self, call_connection_id: str) -> None:
         """End the call for everyone (``POST …:terminate``, acs-protocol.md §2.4)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import trio
@@ -19,7 +20,13 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings
+from ..config import (
+    BODY_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_EVENTS_PER_DELIVERY,
+    ControlTimeouts,
+    Settings,
+)
 from ..errors import AuthError, KeysUnavailable
 from ..wire.webhook import (
     BadBody,
@@ -33,8 +40,12 @@ from ..wire.webhook import (
 from .acs_rest import HttpTransport, open_acs_rest
 from .auth import JwtVerifier, bearer_token
 from .control_plane import Admission, ControlPlane
+from .log_safe import clip
+from .loop_lag import LoopLagMonitor
 from .model_ws import model_connector
-from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
+from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket, request_path
+from .rate_limit import TokenBucket
+from .webhook_auth import incoming_call_authorized
 
 __all__ = ["create_app"]
 
@@ -56,6 +67,9 @@ class _Runtime:
     ) -> None:
         self.settings = settings
         self.acs = settings.require_acs()
+        # Fail closed: without the webhook secret anybody could make this server answer calls.
+        self.incoming_call_secret = settings.require_incoming_call_secret()
+        self.loop_lag = LoopLagMonitor()
         self._http_transport = http_transport
         self._timeouts = timeouts
         if connect_model is None:
@@ -75,14 +89,21 @@ class _Runtime:
                 issuer=self.acs.jwt_issuer,
                 audience=self.acs.resource_id,
             )
+            server, webhook = self.settings.server, self.settings.webhook
             plane = ControlPlane(
                 rest,
                 public_base_url=self.acs.public_base_url,
-                max_concurrent_calls=self.settings.server.max_concurrent_calls,
+                max_concurrent_calls=server.max_concurrent_calls,
                 timeouts=self._timeouts,
+                answer_bucket=TokenBucket(webhook.answer_rate_per_s, webhook.answer_burst),
+                loop_lag=self.loop_lag,
+                max_loop_lag_s=server.max_loop_lag_ms / 1000,
+                overflow_target=webhook.overflow_target,
             )
             async with trio.open_nursery() as nursery:
                 self.plane = plane
+                await nursery.start(self.verifier.run)  # keys at start-up, then on a timer
+                await nursery.start(self.loop_lag.run)
                 await nursery.start(plane.serve)
                 task_status.started()
                 await plane.finished.wait()  # stop(): drained, closed, every supervisor done
@@ -95,18 +116,25 @@ class _Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.plane is not None and self.plane.ready
+        return (
+            self.plane is not None
+            and self.plane.ready
+            and self.verifier is not None
+            and self.verifier.loaded
+        )
 
-    async def verify_jwt(self, authorization: str | None) -> None:
+    async def verify_jwt(self, authorization: str | None, *, known_call: bool = False) -> None:
         """Raise :class:`AuthError` (bad token) or :class:`KeysUnavailable` (cannot check now)."""
         if self.verifier is None:
             raise KeysUnavailable("not ready: no JWT verifier yet")
-        await self.verifier.verify(bearer_token(authorization))
+        await self.verifier.verify(bearer_token(authorization), known_call=known_call)
 
-    async def authenticate(self, authorization: str | None) -> Response | None:
+    async def authenticate(
+        self, authorization: str | None, *, known_call: bool = False
+    ) -> Response | None:
         """For HTTP callbacks: None if the ACS JWT verifies, else 401 (503 without keys)."""
         try:
-            await self.verify_jwt(authorization)
+            await self.verify_jwt(authorization, known_call=known_call)
         except KeysUnavailable as exc:
             logger.warning("%s refused: %s", request_path(), exc)
             return Response("cannot verify tokens right now\n", 503)
@@ -114,15 +142,6 @@ class _Runtime:
             logger.warning("%s refused: %s", request_path(), exc)
             return Response("unauthorized\n", 401)
         return None
-
-
-def request_path() -> str:
-    """The path for log lines, with the per-call token cut short (it is a secret)."""
-    from quart import has_websocket_context
-
-    path: str = websocket.path if has_websocket_context() else request.path
-    head, sep, token = path.rpartition("/")
-    return f"{head}/{token[:4]}…" if sep and len(token) > 16 else path
 
 
 async def _json_events(max_bytes: int = MAX_BODY_BYTES) -> list[Any] | Response:
@@ -163,6 +182,7 @@ def create_app(
     rt = _Runtime(settings, http_transport, connect_model, timeouts)
     app = AcsTrioApp(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S  # slow-body clients (default 60 s)
     # quart-trio puts this deadline on the lifespan nursery at shutdown: room for the drain.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = (
         settings.server.shutdown_grace_s + timeouts.hang_up_total_s + 10
@@ -192,28 +212,56 @@ def create_app(
     async def readyz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
         return Response("ready\n", 200) if rt.ready else Response("not ready\n", 503)
 
+    def webhook_refusal() -> Response | None:
+        """401 unless the request carries INCOMING_CALL_SECRET; runs before the body is read."""
+        if incoming_call_authorized(rt.incoming_call_secret, request.headers, request.args):
+            return None
+        logger.warning(
+            "%s %s refused: no valid incoming-call secret (client %s)",
+            request.method,
+            request.path,
+            clip(request.remote_addr),
+        )
+        return Response("unauthorized\n", 401)
+
     @app.route("/api/incomingCall", methods=["OPTIONS"], provide_automatic_options=False)
     async def incoming_call_handshake() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
         # CloudEvents abuse protection (acs-protocol.md §1.1, Event Grid webhook-event-delivery).
+        refusal = webhook_refusal()
+        if refusal is not None:
+            return refusal
         origin = request.headers.get("WebHook-Request-Origin")
         if not origin:
             return Response("missing WebHook-Request-Origin\n", 400)
-        logger.info("CloudEvents handshake from %s", origin)
+        logger.info("CloudEvents handshake from %s", clip(origin))
         headers = {"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"}
         return Response("", 200, headers=headers)
 
     @app.post("/api/incomingCall")
     async def incoming_call() -> Response | dict[str, str]:
+        refusal = webhook_refusal()  # before the body: an unauthenticated request costs nothing
+        if refusal is not None:
+            return refusal
         events = await _json_events()
         if isinstance(events, Response):
             return events
+        if len(events) > MAX_EVENTS_PER_DELIVERY:
+            # Event Grid's default batch is one event (docs/deployment.md keeps it so).
+            logger.warning(
+                "incomingCall: %d events in one delivery (limit %d): refused with 413",
+                len(events),
+                MAX_EVENTS_PER_DELIVERY,
+            )
+            return Response("too many events in one delivery\n", 413)
         validation: str | None = None
+        redeliver = False
         for item in decode_event_grid(events):
             if isinstance(item, ValidationRequest):
-                logger.info("Event Grid subscription validation (event %s)", item.event_id)
+                logger.info("Event Grid subscription validation (event %s)", clip(item.event_id))
                 validation = validation or item.validation_code
             elif isinstance(item, IncomingCall):
                 outcome = rt.plane.admit(item) if rt.plane is not None else Admission.NOT_READY
+                redeliver = redeliver or outcome.redeliver
                 log = (
                     logger.info
                     if outcome in {Admission.ANSWERING, Admission.DUPLICATE}
@@ -221,31 +269,39 @@ def create_app(
                 )
                 log(
                     "IncomingCall event=%s corr=%s server_call_id=%s caller=%s: %s",
-                    item.event_id,
-                    item.correlation_id or "-",
-                    item.server_call_id or "-",
-                    item.caller,
+                    clip(item.event_id),
+                    clip(item.correlation_id or "-"),
+                    clip(item.server_call_id or "-"),
+                    clip(item.caller),
                     outcome,
                 )
             else:
                 _log_skipped("incomingCall", item)
         if validation is not None:
             return {"validationResponse": validation}
+        if redeliver:
+            # Event Grid retries 503 (never a 2xx), maybe on another instance; the duplicate
+            # memory holds only admitted calls, so the ones answered now are not answered twice.
+            return Response("not accepting calls right now\n", 503, headers={"Retry-After": "5"})
         return Response("", 200)
 
     @app.post("/api/callbacks/<token>")
     async def callbacks(token: str) -> Response:
-        refusal = await rt.authenticate(request.headers.get("Authorization"))
+        known = rt.plane is not None and rt.plane.knows_token(token)
+        refusal = await rt.authenticate(request.headers.get("Authorization"), known_call=known)
         if refusal is not None:
             return refusal
         events = await _json_events()
         if isinstance(events, Response):
             return events
+        found = known
         for item in decode_callbacks(events):
             if isinstance(item, Skipped):
                 _log_skipped(request_path(), item)
             elif rt.plane is not None:
-                rt.plane.on_callback(token, item)
+                found = rt.plane.on_callback(token, item) and found
+        if not found:
+            return Response("unknown call\n", 404)
         return Response("", 200)
 
     @app.websocket("/ws/<token>")
@@ -254,14 +310,14 @@ def create_app(
         plane = rt.plane
         if plane is None:
             return Response("not ready\n", 503)
-        if token not in plane.calls:  # before any JWKS work: junk URLs cost nothing
+        if not plane.knows_media_token(token):  # before any JWKS work: junk URLs cost nothing
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
         # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
         # Authorization; take either.
         authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
         try:
-            await rt.verify_jwt(authorization)
+            await rt.verify_jwt(authorization, known_call=True)
         except KeysUnavailable as exc:
             # §5.2: a failed check is refused (HTTP 401 below); "other errors" close with 1011.
             logger.warning("%s refused with close 1011: %s", request_path(), exc)
@@ -281,11 +337,16 @@ def create_app(
         if "permessage-deflate" in ws.headers.get("Sec-WebSocket-Extensions", ""):
             # hypercorn 0.18 always accepts it when offered (no switch): CPU for little gain.
             logger.info("%s ACS offered permessage-deflate; hypercorn will accept it", record.ids)
+        resumed = record.media_sockets > 0
+        record.media_sockets += 1
         logger.info(
-            "%s media socket connected (x-ms-call-correlation-id=%s)",
+            "%s media socket %s (x-ms-call-correlation-id=%s)",
             record.ids,
-            ws.headers.get("x-ms-call-correlation-id", "-"),
+            "re-established" if resumed else "connected",
+            clip(ws.headers.get("x-ms-call-correlation-id", "-")),
         )
+        # A resumed call has been greeted already.
+        agent = replace(settings.agent, greeting=None) if resumed else settings.agent
         try:
             # Inside the try: a failed or cancelled accept must still report media_done.
             await ws.accept()
@@ -293,7 +354,7 @@ def create_app(
                 QuartMediaSocket(ws),
                 rt.connect_model,
                 handle=record.handle,
-                agent=settings.agent,
+                agent=agent,
                 limits=settings.limits,
             )
         finally:
@@ -305,5 +366,9 @@ def create_app(
 
 def _log_skipped(where: str, item: Skipped) -> None:
     logger.warning(
-        "%s: event %s (%s) ignored: %s", where, item.event_id, item.event_type, item.reason
+        "%s: event %s (%s) ignored: %s",
+        where,
+        clip(item.event_id),
+        clip(item.event_type),
+        clip(item.reason, 200),
     )

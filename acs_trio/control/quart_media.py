@@ -10,10 +10,12 @@ quart-trio is pinned below 0.14 in pyproject.toml.
 from __future__ import annotations
 
 import contextlib
+from types import TracebackType
 from typing import Any, cast
 
 import trio
 from hypercorn.utils import UnexpectedMessageError
+from quart import has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIWebsocketConnection
 from quart_trio.wrappers.websocket import TrioWebsocket
@@ -21,7 +23,19 @@ from quart_trio.wrappers.websocket import TrioWebsocket
 from ..config import MEDIA_DISCONNECT_GRACE_S
 from ..errors import MediaClosed
 
-__all__ = ["AcsTrioApp", "MediaWebsocket", "QuartMediaSocket"]
+__all__ = ["AcsTrioApp", "MediaWebsocket", "QuartMediaSocket", "request_path", "scrub_path"]
+
+
+def scrub_path(path: str) -> str:
+    """``path`` with a per-call token (its last segment, if long) cut short: it is a secret."""
+    head, sep, token = path.rpartition("/")
+    return f"{head}/{token[:4]}…" if sep and len(token) > 16 else path
+
+
+def request_path() -> str:
+    """The current request's or websocket's path for log lines, token cut short."""
+    path: str = websocket.path if has_websocket_context() else request.path
+    return scrub_path(path)
 
 
 class MediaWebsocket(TrioWebsocket):
@@ -66,6 +80,19 @@ class MediaASGIWebsocketConnection(TrioASGIWebsocketConnection):
 class AcsTrioApp(QuartTrio):
     asgi_websocket_class = MediaASGIWebsocketConnection
     websocket_class = MediaWebsocket
+
+    def log_exception(
+        self,
+        exception_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        """Quart's line names the full path, i.e. the per-call token: log it scrubbed."""
+        if has_request_context():
+            where = f"request {request.method} {request_path()}"
+        elif has_websocket_context():
+            where = f"websocket {request_path()}"
+        else:
+            where = "(no request)"
+        self.logger.error("Exception on %s", where, exc_info=exception_info)
 
 
 class QuartMediaSocket:

@@ -31,7 +31,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from acs_trio.config import AcsSettings, ModelEndpoint, ServerSettings, Settings
+from acs_trio.config import AcsSettings, ModelEndpoint, ServerSettings, Settings, WebhookSettings
 from acs_trio.control.app import create_app
 from acs_trio.control.server import hypercorn_config, serve
 from acs_trio.errors import ConfigError
@@ -57,7 +57,12 @@ def _settings(model: ModelEndpoint | None) -> Settings:
             jwt_issuer=ISSUER,
         ),
         server=ServerSettings(shutdown_grace_s=0.5),
+        webhook=WebhookSettings(incoming_call_secret=SECRET),
     )
+
+
+SECRET = "e2e-webhook-secret-0123456789"
+WEBHOOK = {"X-Incoming-Call-Secret": SECRET}
 
 
 class FakeRealtime:
@@ -136,7 +141,7 @@ async def test_one_call_through_hypercorn(nursery: trio.Nursery) -> None:
             ready = await http.get("/readyz")
             assert ready.status_code == 200
             response = await http.post(
-                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")]
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
             )
             assert response.status_code == 200
             await acs.answer_seen.wait()  # answering runs after the 200, in the server's nursery
@@ -154,7 +159,7 @@ async def test_one_call_through_hypercorn(nursery: trio.Nursery) -> None:
                 trio.open_nursery() as ws_nursery,
             ):
                 ws = await wrap_client_stream(
-                    ws_nursery, stream, base, f"/ws/{token}", extra_headers=headers
+                    ws_nursery, stream, base, f"/ws/{acs.media_token_of(1)}", extra_headers=headers
                 )
                 caller = FakeAcs(ws)
                 await caller.send_metadata()
@@ -186,6 +191,7 @@ ACS_ENV = {
     "ACS_CONNECTION_STRING": "endpoint=https://acs.test/;accesskey=QUJDRA==",
     "PUBLIC_BASE_URL": "https://bot.test",
     "ACS_RESOURCE_ID": RESOURCE_ID,
+    "INCOMING_CALL_SECRET": SECRET,
 }
 
 
@@ -264,7 +270,9 @@ async def test_sigterm_drains_live_calls_then_stops(nursery: trio.Nursery) -> No
     with trio.fail_after(5):
         [bind] = await nursery.start(run_server)
         async with httpx.AsyncClient(base_url=bind, trust_env=False) as http:
-            await http.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+            await http.post(
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+            )
             await acs.answer_seen.wait()
         # (client closed first: hypercorn waits up to graceful_timeout for keep-alive sockets)
         os.kill(os.getpid(), signal.SIGTERM)
