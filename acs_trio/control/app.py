@@ -37,6 +37,7 @@ from ..wire.webhook import (
     decode_event_grid,
     load_json_array,
 )
+from . import hypercorn_ws
 from .acs_rest import HttpTransport, open_acs_rest
 from .auth import JwtVerifier, bearer_token
 from .control_plane import Admission, ControlPlane
@@ -173,6 +174,7 @@ def create_app(
     ``httpx.MockTransport``); ``run_call``/``connect_model`` replace the call bridge / model socket.
     """
     settings = Settings.from_env() if settings is None else settings
+    hypercorn_ws.install()  # a close hypercorn starts itself (1009) must end the call at once
     if run_call is None:
         from ..call.bridge import run_call as real_run_call
 

@@ -8,6 +8,8 @@ while the process is overloaded; the metrics exporter can read the same numbers.
 
 from __future__ import annotations
 
+import statistics
+
 import trio
 
 from ..config import LOOP_LAG_TICK_S
@@ -16,7 +18,11 @@ __all__ = ["LoopLagMonitor"]
 
 
 class LoopLagMonitor:
-    """Measures scheduling delay; :attr:`lag_s` is the worst of the last ``window`` ticks."""
+    """Measures scheduling delay; :attr:`lag_s` is the median of the last ``window`` ticks.
+
+    The median, not the maximum: one stall (a garbage collection, start-up work) should not turn
+    callers away, a loop that is late on most ticks should.  :attr:`worst_s` has the maximum.
+    """
 
     def __init__(self, tick_s: float = LOOP_LAG_TICK_S, window: int = 10) -> None:
         self.tick_s = tick_s
@@ -29,7 +35,12 @@ class LoopLagMonitor:
 
     @property
     def lag_s(self) -> float:
-        """The worst delay over the last ``window`` ticks, seconds."""
+        """The median delay over the last ``window`` ticks, seconds."""
+        return statistics.median(self._recent)
+
+    @property
+    def worst_s(self) -> float:
+        """The largest delay over the last ``window`` ticks, seconds."""
         return max(self._recent)
 
     def record(self, delay_s: float) -> None:

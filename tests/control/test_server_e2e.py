@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -279,3 +279,87 @@ async def test_sigterm_drains_live_calls_then_stops(nursery: trio.Nursery) -> No
         await stopped.wait()
     # grace (0.5 s) passed, the unfinished call was ended for shutdown and hung up
     assert acs.hang_ups == ["conn-1"]
+
+
+async def test_an_oversized_media_message_ends_the_call_and_the_model_socket_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """hypercorn closes the media socket with 1009 on a 2 MB AudioData; the call must end too.
+
+    The peer here never answers that close and keeps streaming (a raw wsproto client).  Before
+    the fix the app never heard of the close: the call and its model socket lived on until
+    MEDIA_TIMEOUT_S (20 s).  Real hypercorn, real run_call, real sockets.
+    """
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    model = FakeRealtime()
+    model_server = await nursery.start(serve_websocket, model.handler, "127.0.0.1", 0, None)
+    model_url = f"ws://127.0.0.1:{model_server.port}/v1/realtime"
+    acs = FakeAcsService()
+    app = create_app(_settings(ModelEndpoint(url=model_url)), http_transport=acs.transport)
+    stop = trio.Event()
+    [bind] = await nursery.start(
+        partial(hypercorn_serve, app, hypercorn_config("127.0.0.1", 0), shutdown_trigger=stop.wait)
+    )
+    host, port = bind.replace("http://", "").rsplit(":", 1)
+    plane = app.extensions["acs_trio"].plane
+    with trio.fail_after(10):
+        async with httpx.AsyncClient(base_url=bind, trust_env=False) as http:
+            await http.post(
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+            )
+            await acs.answer_seen.wait()
+        await trio.sleep(0.05)  # the answer's result is applied
+        client = WSConnection(ConnectionType.CLIENT)
+        seen: list[Any] = []
+        async with (
+            await trio.open_tcp_stream(host, int(port)) as stream,
+            trio.open_nursery() as reader,
+        ):
+            headers = [
+                (b"authorization", acs.keys.bearer().encode()),
+                (b"x-ms-call-connection-id", b"conn-1"),
+            ]
+            target = f"/ws/{acs.media_token_of(1)}"
+            await stream.send_all(
+                client.send(Request(host=host, target=target, extra_headers=headers))
+            )
+
+            accepted = trio.Event()
+
+            async def read_events() -> None:
+                while data := await stream.receive_some():
+                    client.receive_data(data)
+                    seen.extend(client.events())  # never answers a close
+                    if any(isinstance(e, AcceptConnection) for e in seen):
+                        accepted.set()
+
+            reader.start_soon(read_events)
+            await accepted.wait()
+            fake = FakeAcs(cast(Any, None))
+            frame = {"kind": "AudioData", "audioData": {"data": base64.b64encode(
+                pcm_tone(20, 3000)).decode(), "silent": False}}  # fmt: skip
+            metadata = {"kind": "AudioMetadata", "audioMetadata": {
+                "subscriptionId": "s", "encoding": "PCM", "sampleRate": 24000, "channels": 1,
+                "length": fake.frame_bytes}}  # fmt: skip
+            await stream.send_all(client.send(TextMessage(json.dumps(metadata))))
+            await stream.send_all(client.send(TextMessage(json.dumps(frame))))
+            await trio.sleep(0.3)
+            # Encoded now: once the close arrives wsproto would refuse to send (the peer is deaf).
+            frame_bytes = client.send(TextMessage(json.dumps(frame)))
+            huge = dict(frame, audioData={"data": "A" * (2 * 2**20), "silent": False})
+            await stream.send_all(client.send(TextMessage(json.dumps(huge))))
+            sent_at = trio.current_time()
+            with trio.move_on_after(1.5):  # ACS goes on streaming, deaf to the close
+                while not model.closed.is_set():
+                    await stream.send_all(frame_bytes)
+                    await trio.sleep(0.02)
+            closes = [e for e in seen if isinstance(e, CloseConnection)]
+            assert [c.code for c in closes] == [1009]  # hypercorn's "message too big"
+            assert model.closed.is_set(), "the model socket outlived the media socket"
+            assert trio.current_time() - sent_at < 1.0
+            [summary] = [r.summary for r in plane.calls.values()]
+            assert summary is not None and "1009" in summary.end_detail
+            reader.cancel_scope.cancel()
+    stop.set()
