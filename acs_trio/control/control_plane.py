@@ -24,7 +24,7 @@ from ..config import MAX_PENDING_REJECTS, SEEN_EVENTS_MAX, ControlTimeouts
 from ..errors import AcsRestError
 from ..wire.webhook import CallbackEvent, IncomingCall
 from .acs_rest import AcsRest
-from .log_safe import clip
+from .log_safe import clip, id_chars
 from .loop_lag import LoopLagMonitor
 from .rate_limit import TokenBucket
 from .supervisor import CallRecord, CallSupervisor
@@ -192,10 +192,11 @@ class ControlPlane:
         while len(self._seen) > SEEN_EVENTS_MAX:
             self._seen.popitem(last=False)
         token, media_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        pending_id = f"pending-{incoming.server_call_id[-12:] or incoming.event_id[:12]}"
+        pending_id = f"pending-{id_chars(incoming.server_call_id[-12:] or incoming.event_id[:12])}"
         record = CallRecord(
             token=token,
-            handle=CallHandle(CallIds(pending_id, incoming.correlation_id)),
+            # On every log line of the call: only id characters (the webhook's input).
+            handle=CallHandle(CallIds(pending_id, id_chars(incoming.correlation_id))),
             incoming=incoming,
             media_token=media_token,
         )

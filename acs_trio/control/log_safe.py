@@ -8,7 +8,11 @@ and short.
 
 from __future__ import annotations
 
-__all__ = ["clip"]
+import re
+
+__all__ = ["clip", "id_chars"]
+
+_NOT_ID = re.compile(r"[^A-Za-z0-9._:+-]")
 
 #: Characters of an untrusted value kept in a log line.
 CLIP_CHARS = 80
@@ -20,3 +24,8 @@ def clip(value: object, limit: int = CLIP_CHARS) -> str:
     if len(text) > limit:
         return repr(text[:limit]) + f"…(+{len(text) - limit})"
     return repr(text)
+
+
+def id_chars(value: str, limit: int = 64) -> str:
+    """An identifier fit for every line of a call's log: id characters only, at most ``limit``."""
+    return _NOT_ID.sub("?", value[:limit])

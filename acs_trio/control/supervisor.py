@@ -28,6 +28,7 @@ from ..config import (
 from ..errors import AcsRestError
 from ..wire.webhook import IncomingCall
 from .acs_rest import AcsRest
+from .log_safe import clip
 
 __all__ = ["CallRecord", "CallSupervisor", "wait_any"]
 
@@ -113,8 +114,8 @@ class CallSupervisor:
         logger.info(
             "%s answering caller=%s server_call_id=%s",
             record.ids,
-            incoming.caller,
-            incoming.server_call_id,
+            clip(incoming.caller),
+            clip(incoming.server_call_id),
         )
         try:
             with trio.fail_after(self._timeouts.answer_s):

@@ -363,3 +363,64 @@ async def test_an_oversized_media_message_ends_the_call_and_the_model_socket_at_
             assert summary is not None and "1009" in summary.end_detail
             reader.cancel_scope.cancel()
     stop.set()
+
+
+async def test_serve_without_the_webhook_secret_fails_closed_before_listening() -> None:
+    env = _env(REALTIME_URL="ws://127.0.0.1:9/v1/realtime")
+    del env["INCOMING_CALL_SECRET"]
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "acs_trio", "serve", "--port", "1"],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    [line] = result.stderr.decode().strip().splitlines()
+    assert line.startswith("acs-trio serve: INCOMING_CALL_SECRET must be set")
+
+
+async def test_the_webhook_secret_is_checked_before_the_body_is_read(
+    nursery: trio.Nursery,
+) -> None:
+    """Headers announcing a 60 KiB body, and no body: the 401 comes without waiting for it."""
+    acs = FakeAcsService()
+    app = create_app(
+        _settings(ModelEndpoint(url="ws://127.0.0.1:9/v1/realtime")), http_transport=acs.transport
+    )
+    stop = trio.Event()
+    [bind] = await nursery.start(
+        partial(hypercorn_serve, app, hypercorn_config("127.0.0.1", 0), shutdown_trigger=stop.wait)
+    )
+    host, port = bind.replace("http://", "").rsplit(":", 1)
+    with trio.fail_after(2):  # far below BODY_TIMEOUT_S (5 s): nobody waited for the body
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(
+                b"POST /api/incomingCall HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 61440\r\n\r\n"
+            )
+            reply = await stream.receive_some()
+    assert reply.startswith(b"HTTP/1.1 401")
+    assert acs.answers == []
+    stop.set()
+
+
+def test_accepted_sockets_inherit_tcp_user_timeout_and_keepalive() -> None:
+    from acs_trio.config import TCP_USER_TIMEOUT_S
+    from acs_trio.control.server import ServerConfig
+
+    config = ServerConfig()
+    config.bind = ["127.0.0.1:0"]
+    sockets = config.create_sockets()
+    [listener] = sockets.insecure_sockets
+    try:
+        listener.listen()
+        with socket.create_connection(listener.getsockname()[:2]):
+            accepted, _ = listener.accept()
+            with accepted:
+                user_timeout = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                assert user_timeout == int(TCP_USER_TIMEOUT_S * 1000)
+                assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    finally:
+        listener.close()
