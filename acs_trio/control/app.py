@@ -26,6 +26,8 @@ from ..config import (
     MAX_EVENTS_PER_DELIVERY,
     ControlTimeouts,
     Settings,
+    model_shutdown_warning,
+    transcription_shutdown_warning,
 )
 from ..errors import AuthError, KeysUnavailable
 from ..wire.webhook import (
@@ -46,6 +48,7 @@ from .loop_lag import LoopLagMonitor
 from .model_ws import model_connector
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket, request_path
 from .rate_limit import TokenBucket
+from .softphone import SoftphoneCalls, install_softphone, softphone_path
 from .webhook_auth import incoming_call_authorized
 
 __all__ = ["create_app"]
@@ -77,8 +80,14 @@ class _Runtime:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
         self.connect_model: ModelConnector = connect_model
+        if (warning := model_shutdown_warning(settings.agent.model)) is not None:
+            logger.warning("%s", warning)
+        if warning := transcription_shutdown_warning(settings.agent.transcription_model):
+            logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
+        #: Browser calls, when SOFTPHONE=1 (docs/softphone.md); drained with the phone calls.
+        self.softphone: SoftphoneCalls | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with open_acs_rest(
@@ -100,6 +109,7 @@ class _Runtime:
                 loop_lag=self.loop_lag,
                 max_loop_lag_s=server.max_loop_lag_ms / 1000,
                 overflow_target=webhook.overflow_target,
+                connect_model=self.connect_model,
             )
             async with trio.open_nursery() as nursery:
                 self.plane = plane
@@ -111,9 +121,13 @@ class _Runtime:
                 nursery.cancel_scope.cancel()
 
     async def stop(self) -> None:
+        if self.softphone is not None:
+            self.softphone.draining = True
         if self.plane is not None:
             await self.plane.drain(self.settings.server.shutdown_grace_s)
             self.plane.close()
+        if self.softphone is not None:
+            await self.softphone.stop()
 
     @property
     def ready(self) -> bool:
@@ -228,7 +242,7 @@ def create_app(
 
     @app.route("/api/incomingCall", methods=["OPTIONS"], provide_automatic_options=False)
     async def incoming_call_handshake() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
-        # CloudEvents abuse protection (acs-protocol.md §1.1, Event Grid webhook-event-delivery).
+        # CloudEvents abuse protection (docs/protocols/acs.md §1.1, Event Grid webhook-event-delivery).
         refusal = webhook_refusal()
         if refusal is not None:
             return refusal
@@ -315,7 +329,7 @@ def create_app(
         if not plane.knows_media_token(token):  # before any JWKS work: junk URLs cost nothing
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
-        # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
+        # docs/protocols/acs.md §5.2: the doc's prose says "Authentication header", its sample reads
         # Authorization; take either.
         authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
         try:
@@ -354,7 +368,7 @@ def create_app(
             await ws.accept()
             record.summary = await call_runner(
                 QuartMediaSocket(ws),
-                rt.connect_model,
+                rt.connect_model if record.predial is None else record.predial.connector(),
                 handle=record.handle,
                 agent=agent,
                 limits=settings.limits,
@@ -363,6 +377,22 @@ def create_app(
             record.media_done.set()
         return None
 
+    if settings.softphone is not None:
+        # Off by default: SOFTPHONE=1 adds the page, behind the token in its URL.
+        rt.softphone = SoftphoneCalls()
+        install_softphone(
+            app,
+            settings,
+            settings.softphone,
+            rt.softphone,
+            connect_model=lambda: rt.connect_model,
+            run_call=call_runner,
+        )
+        logger.warning(
+            "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",
+            settings.require_acs().public_base_url,
+            softphone_path(settings.softphone),
+        )
     return app
 
 

@@ -20,6 +20,8 @@ from collections import OrderedDict
 import trio
 
 from ..call.lifecycle import CallHandle, CallIds, EndReason
+from ..call.model_socket import ModelConnector
+from ..call.predial import PreDial
 from ..config import MAX_PENDING_REJECTS, SEEN_EVENTS_MAX, ControlTimeouts
 from ..errors import AcsRestError
 from ..wire.webhook import CallbackEvent, IncomingCall
@@ -75,8 +77,11 @@ class ControlPlane:
         loop_lag: LoopLagMonitor | None = None,
         max_loop_lag_s: float = math.inf,
         overflow_target: str = "",
+        connect_model: ModelConnector | None = None,
     ) -> None:
         self._rest = rest
+        #: Early dial (issue 10): with a connector, each admitted call dials its model at once.
+        self._connect_model = connect_model
         self._base = public_base_url.rstrip("/")
         self._max_calls = max_concurrent_calls
         self._timeouts = ControlTimeouts() if timeouts is None else timeouts
@@ -200,6 +205,8 @@ class ControlPlane:
             incoming=incoming,
             media_token=media_token,
         )
+        if self._connect_model is not None:
+            record.predial = PreDial(self._connect_model)
         # Registered BEFORE answer_call: the media socket may connect before it returns.
         self.calls[token] = record
         self._media_tokens[media_token] = token
@@ -286,7 +293,7 @@ class ControlPlane:
         return record
 
     def on_callback(self, token: str, event: CallbackEvent) -> bool:
-        """Apply one Call Automation event to its call (acs-protocol.md §3); never to another.
+        """Apply one Call Automation event to its call (docs/protocols/acs.md §3); never to another.
 
         False if ``token`` names no call we know (the route answers 404).
         """
@@ -354,11 +361,15 @@ class ControlPlane:
 
     async def _supervise(self, record: CallRecord) -> None:
         try:
-            await self._supervisor.run(
-                record,
-                callback_url=self.callback_url(record.token),
-                transport_url=self.transport_url(record.media_token),
-            )
+            async with trio.open_nursery() as nursery:
+                if record.predial is not None:  # in parallel with answer_call
+                    nursery.start_soon(record.predial.run)
+                await self._supervisor.run(
+                    record,
+                    callback_url=self.callback_url(record.token),
+                    transport_url=self.transport_url(record.media_token),
+                )
+                nursery.cancel_scope.cancel()  # the call is over: drop an unused early socket
         finally:
             del self.calls[record.token]
             del self._media_tokens[record.media_token]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..call.lifecycle import CallHandle, CallIds, CallSummary, EndReason
+from ..call.predial import PreDial
 from ..config import (
     HANG_UP_FIRST_RETRY_S,
     HANG_UP_MAX_RETRY_S,
@@ -63,6 +64,8 @@ class CallRecord:
     media_resumed: trio.Event = field(default_factory=trio.Event)
     #: Media sockets accepted so far for this call (more than one: ACS re-established it).
     media_sockets: int = 0
+    #: The model socket dialled at admission (issue 10); the media route's run_call adopts it.
+    predial: PreDial | None = None
 
     @property
     def ids(self) -> CallIds:
@@ -169,6 +172,8 @@ class CallSupervisor:
             logger.warning("%s %s; call dropped", record.ids, what)
             return False
         record.answer_failed = True
+        if record.predial is not None:
+            record.predial.release()  # no call will run: do not hold a model socket for it
         logger.warning(
             "%s %s; watching %.0fs for a late connection to hang up", record.ids, what,
             LATE_ANSWER_WATCH_S,
@@ -229,7 +234,7 @@ class CallSupervisor:
         if summary.end_reason is EndReason.CALLER_HUNG_UP:
             # The media socket closing is not proof the call is over: a network drop, a stream
             # stop or a send failure close it too, and hypercorn reports 1006 for every client
-            # close.  CallDisconnected is ACS's word that it is (acs-protocol.md §3).
+            # close.  CallDisconnected is ACS's word that it is (docs/protocols/acs.md §3).
             # A shutdown during the wait hangs up at once.
             grace = self._timeouts.disconnect_grace_s
             record.resume_window_open = True

@@ -18,8 +18,9 @@ import trio.testing
 from acs_trio.call.lifecycle import EndReason
 from acs_trio.config import MAX_BODY_BYTES
 from acs_trio.control.control_plane import Admission
+from acs_trio.testing.tokens import rsa_key
+from tests.acs_service import FakeAcsService, callback_event, incoming_call_event
 from tests.control.test_app import SECRET, WEBHOOK, _harness, refusal_status
-from tests.jwt_helpers import FakeAcsService, callback_event, incoming_call_event, rsa_key
 
 
 def _flood(count: int, caller: str = "+1\nFAKE LOG LINE: admin logged in") -> bytes:
@@ -275,16 +276,16 @@ async def test_a_key_rotation_gets_through_junk_kid_traffic(
 ) -> None:
     async with _harness() as h:
         await h.incoming(incoming_call_event("e-1", "ctx-1"))
-        fetches = h.acs.keys.fetches
-        junk = {"Authorization": h.acs.keys.bearer(kid="junk", key=rsa_key("attacker"))}
+        fetches = h.acs.signer.fetches
+        junk = {"Authorization": h.acs.signer.bearer(kid="junk", key=rsa_key("attacker"))}
         for n in range(10):  # an attacker burns the anonymous refresh budget
             response = await h.client.post(f"/api/callbacks/anything-{n}", json=[], headers=junk)
             assert response.status_code == 401
             await trio.sleep(2)
-        assert h.acs.keys.fetches - fetches == 1  # one per 60 s: the JWKS is not hammered
+        assert h.acs.signer.fetches - fetches == 1  # one per 60 s: the JWKS is not hammered
         # ACS rotates its keys; the first media socket signed with the new key must get in.
-        h.acs.keys.published = {"key-2": rsa_key("key-2")}
-        headers = {"Authorization": h.acs.keys.bearer(kid="key-2")}
+        h.acs.signer.rotate("key-2")
+        headers = {"Authorization": h.acs.signer.bearer()}
         async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=headers) as ws:
             await ws.send("hi")
             assert await ws.receive() == "echo:hi"
@@ -296,11 +297,12 @@ async def test_a_key_removed_from_the_jwks_stops_being_trusted(
     async with _harness() as h:
         await h.incoming(incoming_call_event("e-1", "ctx-1"))
         token = h.acs.token_of(1)
-        old = h.acs.keys.bearer(kid="key-1", expires_in_s=7200)
+        old = h.acs.signer.bearer(7200, kid="key-1")
         assert (
             await h.client.post(f"/api/callbacks/{token}", json=[], headers={"Authorization": old})
         ).status_code == 200
-        h.acs.keys.published = {"key-2": rsa_key("key-2")}  # key-1 withdrawn
+        h.acs.signer.rotate("key-2")
+        del h.acs.signer.keys["key-1"]  # withdrawn from the JWKS
         await trio.sleep(3601)  # the timer refresh (JWKS_MAX_AGE_S)
         response = await h.client.post(
             f"/api/callbacks/{token}", json=[], headers={"Authorization": old}
@@ -342,10 +344,10 @@ async def test_quart_exception_lines_do_not_carry_the_call_token(
 
 async def test_unknown_media_token_costs_no_jwks_work() -> None:
     async with _harness() as h:
-        fetches = h.acs.keys.fetches
-        headers = {"Authorization": h.acs.keys.bearer(kid="junk", key=rsa_key("attacker"))}
+        fetches = h.acs.signer.fetches
+        headers = {"Authorization": h.acs.signer.bearer(kid="junk", key=rsa_key("attacker"))}
         assert await refusal_status(h.client, "/ws/nope", headers) == 403
-        assert h.acs.keys.fetches == fetches
+        assert h.acs.signer.fetches == fetches
 
 
 def test_admission_outcomes_say_whether_event_grid_should_retry() -> None:
