@@ -427,3 +427,74 @@ def test_accepted_sockets_inherit_tcp_user_timeout_and_keepalive() -> None:
                 assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     finally:
         listener.close()
+
+
+async def test_a_re_established_media_socket_resumes_the_real_call(nursery: trio.Nursery) -> None:
+    """Through hypercorn with the real run_call: ACS drops the media socket (TCP gone, no close
+    handshake) and opens it again 0.5 s later with the same x-ms-call-connection-id and a fresh
+    JWT.  The call resumes on a new model session (no second greeting) and nobody hangs up."""
+    model = FakeRealtime()
+    model_server = await nursery.start(serve_websocket, model.handler, "127.0.0.1", 0, None)
+    model_url = f"ws://127.0.0.1:{model_server.port}/v1/realtime"
+    acs = FakeAcsService()
+    app = create_app(_settings(ModelEndpoint(url=model_url)), http_transport=acs.transport)
+    stop = trio.Event()
+    [bind] = await nursery.start(
+        partial(hypercorn_serve, app, hypercorn_config("127.0.0.1", 0), shutdown_trigger=stop.wait)
+    )
+    base = bind.replace("http://", "")
+    host, port = base.rsplit(":", 1)
+    plane = app.extensions["acs_trio"].plane
+
+    async def media_session(drop: bool) -> None:
+        headers = [
+            (b"authorization", acs.signer.bearer().encode()),  # a fresh JWT each time
+            (b"x-ms-call-connection-id", b"conn-1"),
+        ]
+        async with (
+            await trio.open_tcp_stream(host, int(port)) as stream,
+            trio.open_nursery() as ws_nursery,
+        ):
+            ws = await wrap_client_stream(
+                ws_nursery, stream, base, f"/ws/{acs.media_token_of(1)}", extra_headers=headers
+            )
+            caller = FakeAcs(ws)
+            await caller.send_metadata()
+            model.appended = trio.Event()
+            for _ in range(5):
+                await caller.send_frame(pcm_tone(20, 3000))
+            await model.appended.wait()  # this session's caller audio reached a model
+            if drop:
+                await stream.aclose()  # the network drops: no close frame
+            else:
+                await _until_closed(ws)
+            ws_nursery.cancel_scope.cancel()
+
+    with trio.fail_after(15):
+        async with httpx.AsyncClient(base_url=bind, trust_env=False) as http:
+            await http.post(
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+            )
+            await acs.answer_seen.wait()
+            await trio.sleep(0.05)
+            await media_session(drop=True)
+            await trio.sleep(0.5)
+            async with trio.open_nursery() as second:
+                second.start_soon(media_session, False)
+                await trio.sleep(6)  # past the 5 s disconnect grace: the call is still up
+                assert acs.hang_up_attempts == []
+                [record] = plane.calls.values()
+                assert record.media_sockets == 2
+                hung_up = await http.post(
+                    f"/api/callbacks/{acs.token_of(1)}",
+                    json=[callback_event("CallDisconnected", "conn-1")],
+                    headers={"Authorization": acs.signer.bearer()},
+                )
+                assert hung_up.status_code == 200
+            await plane.wait_idle()
+    sessions = [e for e in model.seen if e["type"] == "session.update"]
+    greetings = [e for e in model.seen if e["type"] == "response.create"]
+    assert len(sessions) >= 2  # the resumed call has its own model session
+    assert len(greetings) == 1  # and is not greeted twice
+    assert acs.hang_up_attempts == []
+    stop.set()
