@@ -30,6 +30,7 @@ from ..config import (
     transcription_shutdown_warning,
 )
 from ..errors import AuthError, KeysUnavailable
+from ..tools import load_tools
 from ..wire.webhook import (
     BadBody,
     IncomingCall,
@@ -80,6 +81,10 @@ class _Runtime:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
         self.connect_model: ModelConnector = connect_model
+        # Fail closed: a bad AGENT_TOOLS stops the server here, with one line.
+        self.tools = (
+            load_tools(settings.actions.tools_module) if settings.actions.tools_module else []
+        )
         if (warning := model_shutdown_warning(settings.agent.model)) is not None:
             logger.warning("%s", warning)
         if warning := transcription_shutdown_warning(settings.agent.transcription_model):
@@ -109,6 +114,7 @@ class _Runtime:
                 loop_lag=self.loop_lag,
                 max_loop_lag_s=server.max_loop_lag_ms / 1000,
                 overflow_target=webhook.overflow_target,
+                enable_dtmf_tones=self.settings.actions.dtmf_enabled,
                 connect_model=self.connect_model,
             )
             async with trio.open_nursery() as nursery:
@@ -310,7 +316,7 @@ def create_app(
         events = await _json_events()
         if isinstance(events, Response):
             return events
-        found = known
+        found = known or (rt.plane is not None and rt.plane.recently_ended(token))
         for item in decode_callbacks(events):
             if isinstance(item, Skipped):
                 _log_skipped(request_path(), item)
@@ -372,6 +378,8 @@ def create_app(
                 handle=record.handle,
                 agent=agent,
                 limits=settings.limits,
+                tools=rt.tools,
+                actions=settings.actions,
             )
         finally:
             record.media_done.set()
@@ -387,6 +395,7 @@ def create_app(
             rt.softphone,
             connect_model=lambda: rt.connect_model,
             run_call=call_runner,
+            tools=rt.tools,
         )
         logger.warning(
             "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",

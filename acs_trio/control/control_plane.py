@@ -26,6 +26,7 @@ from ..config import MAX_PENDING_REJECTS, SEEN_EVENTS_MAX, ControlTimeouts
 from ..errors import AcsRestError
 from ..wire.webhook import CallbackEvent, IncomingCall
 from .acs_rest import AcsRest
+from .call_actions import TRANSFER_EVENTS, RecordControl
 from .log_safe import clip, id_chars
 from .loop_lag import LoopLagMonitor
 from .rate_limit import TokenBucket
@@ -77,6 +78,7 @@ class ControlPlane:
         loop_lag: LoopLagMonitor | None = None,
         max_loop_lag_s: float = math.inf,
         overflow_target: str = "",
+        enable_dtmf_tones: bool = True,
         connect_model: ModelConnector | None = None,
     ) -> None:
         self._rest = rest
@@ -85,7 +87,8 @@ class ControlPlane:
         self._base = public_base_url.rstrip("/")
         self._max_calls = max_concurrent_calls
         self._timeouts = ControlTimeouts() if timeouts is None else timeouts
-        self._supervisor = CallSupervisor(rest, self._timeouts)
+        self._supervisor = CallSupervisor(rest, self._timeouts, enable_dtmf_tones=enable_dtmf_tones)
+        self._controls: dict[str, RecordControl] = {}
         self._bucket = answer_bucket
         self._loop_lag = loop_lag
         self._max_loop_lag_s = max_loop_lag_s
@@ -95,6 +98,8 @@ class ControlPlane:
         self.calls: dict[str, CallRecord] = {}
         #: media token -> callback token.
         self._media_tokens: dict[str, str] = {}
+        #: Digests of the callback tokens of recently ended calls (late callbacks get 200, not 404).
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._idle = trio.Event()
@@ -205,6 +210,9 @@ class ControlPlane:
             incoming=incoming,
             media_token=media_token,
         )
+        record.handle.caller = incoming.caller
+        control = RecordControl(record, self._rest, rest_timeout_s=self._timeouts.answer_s)
+        record.handle.control = self._controls[token] = control
         if self._connect_model is not None:
             record.predial = PreDial(self._connect_model)
         # Registered BEFORE answer_call: the media socket may connect before it returns.
@@ -247,6 +255,10 @@ class ControlPlane:
 
     def knows_token(self, token: str) -> bool:
         return token in self.calls
+
+    def recently_ended(self, token: str) -> bool:
+        """True for the callback token of one of the last SEEN_EVENTS_MAX ended calls."""
+        return _digest(token) in self._ended
 
     def claim_media(self, media_token: str, call_connection_id: str) -> CallRecord | str:
         """Bind the media socket to its call, or say why it is refused (a log-ready reason).
@@ -298,9 +310,13 @@ class ControlPlane:
         False if ``token`` names no call we know (the route answers 404).
         """
         record = self.calls.get(token)
+        if record is None and self.recently_ended(token):
+            # A late event for a call that just ended (e.g. CallDisconnected after a transfer).
+            logger.info("callback %s for an ended call: ignored", clip(event.name))
+            return True
         if record is None:
             logger.warning(
-                "callback %s for an unknown or ended call (call_connection_id=%s corr=%s): 404",
+                "callback %s for an unknown call (call_connection_id=%s corr=%s): 404",
                 clip(event.name),
                 clip(event.call_connection_id),
                 clip(event.correlation_id or "-"),
@@ -336,6 +352,8 @@ class ControlPlane:
                 update,
             )
             record.end(EndReason.CANCELLED, f"MediaStreamingFailed {event.result_summary()}")
+        elif name in TRANSFER_EVENTS:
+            self._controls[token].on_transfer_event(event)
         elif name.startswith("MediaStreaming") or name == "CallConnected":
             logger.info(
                 "%s %s update=%s", record.ids, name, event.data.get("mediaStreamingUpdate", "-")
@@ -373,6 +391,10 @@ class ControlPlane:
         finally:
             del self.calls[record.token]
             del self._media_tokens[record.media_token]
+            self._ended[_digest(record.token)] = None
+            while len(self._ended) > SEEN_EVENTS_MAX:
+                self._ended.popitem(last=False)
+            del self._controls[record.token]
             if not self.calls:
                 self._idle.set()
             logger.debug("%s released", record.ids)

@@ -238,6 +238,7 @@ async def test_incoming_call_answers_with_a_per_call_token(h: Harness) -> None:
             "startMediaStreaming": True,
             "enableBidirectional": True,
             "audioFormat": "pcm24KMono",
+            "enableDtmfTones": True,  # §2.3: DtmfData on the media socket (DTMF_ENABLED)
         },
     }
     assert h.plane.calls[token].call_connection_id == "conn-1"
@@ -331,7 +332,7 @@ async def test_callbacks_for_unknown_or_other_calls_change_nothing(
     token = h.acs.token_of(1)
     unknown = await h.callback("no-such-token", callback_event("CallDisconnected", "conn-1"))
     assert unknown.status_code == 404  # JWT-valid, but no call of ours: never a silent 200
-    assert "unknown or ended call" in caplog.text
+    assert "for an unknown call" in caplog.text
     wrong_id = await h.callback(token, callback_event("CallDisconnected", "conn-999"))
     assert wrong_id.status_code == 200
     assert not h.plane.calls[token].stop_requested.is_set()

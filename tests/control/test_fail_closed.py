@@ -372,3 +372,18 @@ async def test_the_loop_lag_monitor_sees_a_blocked_event_loop() -> None:
         await trio.sleep(0.03)
         assert monitor.worst_s >= 0.15
         nursery.cancel_scope.cancel()
+
+
+async def test_a_late_callback_for_an_ended_call_is_200_an_unknown_token_404(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with _harness() as h:
+        await h.incoming(incoming_call_event("e-1", "ctx-1"))
+        await h.call_dies(1)
+        await h.plane.wait_idle()
+        assert h.acs.hang_ups == ["conn-1"]
+        late = await h.callback(h.acs.token_of(1), callback_event("CallDisconnected", "conn-1"))
+        assert late.status_code == 200
+        junk = await h.callback("x" * 43, callback_event("CallDisconnected", "conn-1"))
+        assert junk.status_code == 404
+        assert "for an unknown call" in caplog.text
