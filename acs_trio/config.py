@@ -713,8 +713,10 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
 
 #: E.164: a plus and up to 15 digits, the first not zero.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-#: ACS user ids are raw ids of the form ``8:acs:<resource>_<user>`` (Teams/bot ids also start ``8:``).
-_ACS_USER = re.compile(r"8:[a-z0-9-]+:[A-Za-z0-9_.:-]+")
+#: ACS user ids are raw ids of the form ``8:acs:<resource>_<user>`` (``8:spool:``, and
+#: ``8:dod-acs:``/``8:gcch-acs:`` in government clouds); the transfer sends them as
+#: ``communicationUser``, so other ``8:`` ids (Teams ``8:orgid:``, …) are refused.
+_ACS_USER = re.compile(r"8:(acs|spool|dod-acs|gcch-acs):[A-Za-z0-9_.:-]+")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DTMF_TONES = frozenset("0123456789*#ABCD")
 
@@ -785,7 +787,11 @@ def _softphone_from_env(env: _Env) -> SoftphoneSettings | None:
             )
         return None
     if token is None:
-        return SoftphoneSettings.generated()
+        # A generated token could only be shown by logging it; logs are not secret.
+        raise ConfigError(
+            "SOFTPHONE=1 needs SOFTPHONE_TOKEN, the secret in the page's URL "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
     if len(token) < SOFTPHONE_MIN_TOKEN_CHARS or re.fullmatch(r"[A-Za-z0-9_-]+", token) is None:
         raise ConfigError(
             f"SOFTPHONE_TOKEN must be at least {SOFTPHONE_MIN_TOKEN_CHARS} URL-safe characters "

@@ -192,6 +192,7 @@ class _CallBridge:
             wait_played_out=self.playout.wait_played_out,
             end=self.end,
             control=self.handle.control,
+            turn_pending=lambda: self.caller_speaking or self.answer_owed,
         )
         self.dtmf_outbox = self.outbox_send.clone()
         self.dtmf: DtmfCollector | None = None
@@ -492,15 +493,19 @@ class _CallBridge:
                 self.conversation.forget(item_id)
             for event in self.conversation.replay(self.event_ids):
                 await ws.send(event)
+        asked = False
         if self.greeting_owed and self.agent.greeting:
             # A request, not per-response instructions: the persona stays in force (L3).  Asked
             # again of a new session until a response completes or the caller speaks.
             await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
             await ws.send(rt.response_create(self.event_ids()))
+            asked = True
         elif not first and (self.answer_owed or self.response_active):
             # The caller was waiting for an answer the old session never finished.
             self.playout.expect_answer(now, self.agent_audio.latest_seq)
             await ws.send(rt.response_create(self.event_ids()))
+            asked = True
+        self.tool_runner.on_new_session(responding=asked)
         self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
         self.agent_audio.session = self.sessions

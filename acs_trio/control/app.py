@@ -49,7 +49,7 @@ from .loop_lag import LoopLagMonitor
 from .model_ws import model_connector
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket, request_path
 from .rate_limit import TokenBucket
-from .softphone import SoftphoneCalls, install_softphone, softphone_path
+from .softphone import SoftphoneCalls, install_softphone
 from .webhook_auth import incoming_call_authorized
 
 __all__ = ["create_app"]
@@ -117,6 +117,8 @@ class _Runtime:
                 enable_dtmf_tones=self.settings.actions.dtmf_enabled,
                 connect_model=self.connect_model,
             )
+            if (softphone := self.softphone) is not None:
+                plane.other_calls = lambda: len(softphone.calls)
             async with trio.open_nursery() as nursery:
                 self.plane = plane
                 await nursery.start(self.verifier.run)  # keys at start-up, then on a timer
@@ -387,7 +389,8 @@ def create_app(
 
     if settings.softphone is not None:
         # Off by default: SOFTPHONE=1 adds the page, behind the token in its URL.
-        rt.softphone = SoftphoneCalls()
+        # Browser calls take MAX_CONCURRENT_CALLS slots too (the plane counts them as well).
+        rt.softphone = SoftphoneCalls(full=lambda: not rt.ready)
         install_softphone(
             app,
             settings,
@@ -397,10 +400,12 @@ def create_app(
             run_call=call_runner,
             tools=rt.tools,
         )
+        # Never the whole token in a log line: the operator knows it (SOFTPHONE_TOKEN).
         logger.warning(
-            "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",
-            settings.require_acs().public_base_url,
-            softphone_path(settings.softphone),
+            "SOFTPHONE=1: the browser softphone is on at %s/softphone/%s…/ "
+            "(SOFTPHONE_TOKEN is its only credential)",
+            settings.require_acs().public_base_url.rstrip("/"),
+            settings.softphone.token[:4],
         )
     return app
 

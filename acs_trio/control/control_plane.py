@@ -16,6 +16,7 @@ import logging
 import math
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
@@ -108,6 +109,8 @@ class ControlPlane:
         #: Set when :meth:`run` has returned (after :meth:`close`, every supervisor done).
         self.finished = trio.Event()
         self.draining = False
+        #: Live calls the plane does not own that share MAX_CONCURRENT_CALLS (browser calls).
+        self.other_calls: Callable[[], int] = lambda: 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class ControlPlane:
         return (
             self._nursery is not None
             and not self.draining
-            and self.live_calls < self._max_calls
+            and self.live_calls + self.other_calls() < self._max_calls
             and not self.overloaded
         )
 
@@ -188,7 +191,7 @@ class ControlPlane:
             return Admission.NOT_READY
         if self.draining:
             return Admission.DRAINING
-        if self.live_calls >= self._max_calls:
+        if self.live_calls + self.other_calls() >= self._max_calls:
             self._turn_away(nursery, incoming, Admission.FULL)
             return Admission.FULL
         if self.overloaded:

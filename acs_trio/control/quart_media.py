@@ -23,19 +23,13 @@ from quart_trio.wrappers.websocket import TrioWebsocket
 from ..config import MEDIA_DISCONNECT_GRACE_S
 from ..errors import MediaClosed
 
-__all__ = ["AcsTrioApp", "MediaWebsocket", "QuartMediaSocket", "request_path", "scrub_path"]
-
-
-def scrub_path(path: str) -> str:
-    """``path`` with a per-call token (its last segment, if long) cut short: it is a secret."""
-    head, sep, token = path.rpartition("/")
-    return f"{head}/{token[:4]}…" if sep and len(token) > 16 else path
+__all__ = ["AcsTrioApp", "MediaWebsocket", "QuartMediaSocket", "redacted_path", "request_path"]
 
 
 def request_path() -> str:
-    """The current request's or websocket's path for log lines, token cut short."""
+    """The current request's or websocket's path for log lines, secrets cut short."""
     path: str = websocket.path if has_websocket_context() else request.path
-    return scrub_path(path)
+    return redacted_path(path)
 
 
 class MediaWebsocket(TrioWebsocket):
@@ -85,14 +79,24 @@ class AcsTrioApp(QuartTrio):
         self,
         exception_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
     ) -> None:
-        """Quart's line names the full path, i.e. the per-call token: log it scrubbed."""
-        if has_request_context():
-            where = f"request {request.method} {request_path()}"
-        elif has_websocket_context():
-            where = f"websocket {request_path()}"
+        """Quart's "Exception on …" line, with the secrets in the path cut short.
+
+        Upstream logs the whole path, and paths here carry secrets (per-call tokens, the
+        softphone's token and media secret).
+        """
+        if has_request_context() or has_websocket_context():
+            where = websocket if has_websocket_context() else request
+            kind = "websocket" if has_websocket_context() else f"request {where.method}"
+            self.logger.error(
+                "Exception on %s %s", kind, redacted_path(where.path), exc_info=exception_info
+            )
         else:
-            where = "(no request)"
-        self.logger.error("Exception on %s", where, exc_info=exception_info)
+            super().log_exception(exception_info)
+
+
+def redacted_path(path: str) -> str:
+    """``path`` with each segment longer than 16 characters (a secret) cut to 4 and "…"."""
+    return "/".join(f"{part[:4]}…" if len(part) > 16 else part for part in path.split("/"))
 
 
 class QuartMediaSocket:
