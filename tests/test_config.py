@@ -126,19 +126,11 @@ def test_a_plain_http_azure_endpoint_means_a_plain_ws_socket() -> None:
         ),
         (
             {
-                "ACS_CONNECTION_STRING": "endpoint=https://a/;accesskey=b",
+                "ACS_CONNECTION_STRING": "endpoint=https://a/;accesskey=QUJDRA==",
                 "PUBLIC_BASE_URL": "http://bot.example.com",
-                "ACS_RESOURCE_ID": "r",
+                "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000000",
             },
             "PUBLIC_BASE_URL",
-        ),
-        (
-            {
-                "ACS_CONNECTION_STRING": "endpoint=http://acs.example/;accesskey=b",
-                "PUBLIC_BASE_URL": "https://bot.example.com",
-                "ACS_RESOURCE_ID": "r",
-            },
-            "ACS_CONNECTION_STRING",
         ),
     ],
 )

@@ -64,6 +64,11 @@ __all__ = ["run_call"]
 
 logger = logging.getLogger(__name__)
 
+#: Endings logged at INFO; every other one (model, timeouts, protocol, bugs) at WARNING.
+_ENDINGS_NOT_WORTH_A_WARNING = frozenset(
+    {EndReason.CALLER_HUNG_UP, EndReason.CALL_DISCONNECTED, EndReason.SHUTDOWN}
+)
+
 #: Distinct unknown media kinds counted by name; the rest are counted as "(other)".
 _MAX_UNKNOWN_KINDS = 32
 #: How often a session near its expiry checks for a quiet moment to be replaced.
@@ -140,12 +145,14 @@ class _CallBridge:
         self.frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
             max(1, limits.outbound_buffer_ms // limits.frame_ms)
         )
+        self.observer = handle.observer
         self.playout = Playout(
             media,
             frames_recv,
             self.summary,
             lead_ms=limits.playout_lead_ms,
             cut_line=self.agent_audio.cut_line,
+            observer=self.observer,
             events=events,
         )
         # Cancelled by end(); created up front so an early end applies the moment they are entered.
@@ -192,6 +199,7 @@ class _CallBridge:
             wait_played_out=self.playout.wait_played_out,
             end=self.end,
             control=self.handle.control,
+            observer=self.observer,
             turn_pending=lambda: self.caller_speaking or self.answer_owed,
         )
         self.dtmf_outbox = self.outbox_send.clone()
@@ -208,6 +216,7 @@ class _CallBridge:
 
     async def run(self, connect_model: ModelConnector) -> CallSummary:
         self.log.info("call started")
+        self.observer.on_start(self.handle.ids, self.summary.started_at)
         self.emit({"type": "call_started", "call_id": self.handle.ids.call_id})
         self.handle.bind(self.on_end)
         try:
@@ -228,7 +237,8 @@ class _CallBridge:
             summary = self.summary
             summary.ended_at = trio.current_time()
             summary.end_reason, summary.end_detail = reason, detail
-            self.log.info("call ended %s", summary.log_fields())
+            self.log.info("call ended %s", summary.log_fields(), extra=summary.log_extra())
+            self.observer.on_end(summary)
             self.emit(_ended_event(summary))
             self.handle.finished.set()
         return summary
@@ -242,7 +252,9 @@ class _CallBridge:
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         if self.handle.end_request is None:
-            self.log.info("ending call: %s %s", reason.value, detail)
+            # Endings the caller did not cause (model, timeouts, bugs) are an operator's business.
+            level = logging.INFO if reason in _ENDINGS_NOT_WORTH_A_WARNING else logging.WARNING
+            self.log.log(level, "ending call: %s %s", reason.value, detail)
         self.handle.end(reason, detail)
 
     def on_end(self) -> None:
@@ -335,6 +347,7 @@ class _CallBridge:
         summary = self.summary
         summary.frames_in += 1
         summary.silent_frames_in += audio.silent
+        self.observer.on_caller_audio(audio.pcm, audio.silent, self.last_acs_message)
         message = self.caller_audio.push(audio)
         if message is None:
             return
@@ -370,6 +383,7 @@ class _CallBridge:
             return
         self.log.info("audio metadata: %s Hz, %s bytes per frame", meta.sample_rate, meta.length)
         self.agent_audio.set_rate(meta.sample_rate)
+        self.observer.on_audio_format(meta.sample_rate)
         self.summary.sample_rate_hz = meta.sample_rate
 
     def bad_acs_message(self, what: str) -> None:
@@ -638,6 +652,7 @@ class _CallBridge:
             await self.on_speech_started(ws)
         elif isinstance(event, rt.SpeechStopped):
             self.last_speech = now = trio.current_time()
+            self.observer.on_caller_speech(False, now)
             self.caller_speaking = False
             self.answer_owed = True
             self.summary.turns += 1
@@ -665,9 +680,11 @@ class _CallBridge:
             self.conversation.agent_delta(event.item_id, event.delta)
         elif isinstance(event, rt.OutputTranscript):
             self.conversation.agent_said(event.item_id, event.transcript)
+            self.observer.on_transcript("agent", event.transcript, trio.current_time())
             self.emit_transcript("agent", event.item_id, event.transcript)
         elif isinstance(event, rt.InputTranscript):
             self.conversation.caller_said(event.item_id, event.transcript)
+            self.observer.on_transcript("caller", event.transcript, trio.current_time())
             self.emit_transcript("caller", event.item_id, event.transcript)
 
     def on_model_error(self, event: rt.ErrorEvent) -> None:
@@ -713,6 +730,7 @@ class _CallBridge:
 
     async def on_speech_started(self, ws: ModelSocket) -> None:
         self.last_speech = trio.current_time()
+        self.observer.on_caller_speech(True, self.last_speech)
         # Every response so far is now interrupted: none of its audio may reach the caller.
         self.agent_audio.cut_all()
         cut = self.playout.interrupt()

@@ -44,6 +44,7 @@ from ..tools import Tool, ToolContext, ToolError
 from ..wire import realtime as rt
 from .actions import CallControl
 from .lifecycle import CallSummary, EndReason
+from .observer import NULL_OBSERVER, CallObserver
 
 __all__ = ["END_CALL", "TRANSFER_CALL", "ToolRunner"]
 
@@ -94,9 +95,14 @@ class ToolRunner:
         wait_played_out: Callable[[], Awaitable[None]],
         end: Callable[[EndReason, str], None],
         control: CallControl | None,
+        observer: CallObserver = NULL_OBSERVER,
         turn_pending: Callable[[], bool] = lambda: False,
     ) -> None:
         self._tools = {t.name: t for t in tools}
+        #: Each finished custom tool call (and each refusal) is reported here: metrics, transcript.
+        self._observer = observer
+        #: call_ids whose tool call failed (_error), until reported to the observer.
+        self._failed: set[str] = set()
         self._settings = settings
         self._context = context
         self._outbox = outbox
@@ -219,6 +225,10 @@ class ToolRunner:
         finally:
             self._running -= 1
             self._budget_used_s += trio.current_time() - started
+        now = trio.current_time()
+        ok = call.call_id not in self._failed  # every failure goes through _error()
+        self._failed.discard(call.call_id)
+        self._observer.on_tool_call(call.name, ok, (now - started) * 1000, now)
         await self._answer(call, output)
 
     async def _invoke(self, tool: Tool, call: rt.FunctionCall, limit_s: float) -> str:
@@ -255,6 +265,7 @@ class ToolRunner:
 
     def _error(self, call: rt.FunctionCall, kind: str, message: str) -> str:
         self._summary.tool_errors += 1
+        self._failed.add(call.call_id)
         # A tool's exception text is as unbounded as a result: cut it to the same cap.
         limit, text = self._settings.max_tool_output_chars, f"{kind}: {message}"
         output = json.dumps({"error": text})
@@ -268,7 +279,10 @@ class ToolRunner:
         return output
 
     async def _refuse(self, call: rt.FunctionCall, why: str) -> None:
-        await self._answer(call, self._error(call, "refused", why))
+        self._observer.on_tool_call(call.name, False, 0.0, trio.current_time())
+        output = self._error(call, "refused", why)
+        self._failed.discard(call.call_id)
+        await self._answer(call, output)
 
     async def _answer(self, call: rt.FunctionCall, output: str) -> None:
         try:

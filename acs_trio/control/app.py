@@ -12,18 +12,20 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, cast
 
 import trio
 from hypercorn.utils import UnexpectedMessageError
 from quart import Response, request, websocket
 
-from ..call.lifecycle import CallSummary
+from ..call.lifecycle import CallHandle, CallSummary
 from ..call.model_socket import ModelConnector
 from ..config import (
     BODY_TIMEOUT_S,
     MAX_BODY_BYTES,
     MAX_EVENTS_PER_DELIVERY,
+    RECORDINGS_SWEEP_INTERVAL_S,
     ControlTimeouts,
     Settings,
     model_shutdown_warning,
@@ -45,10 +47,13 @@ from .acs_rest import HttpTransport, open_acs_rest
 from .auth import JwtVerifier, bearer_token
 from .control_plane import Admission, ControlPlane
 from .log_safe import clip
-from .loop_lag import LoopLagMonitor
+from .loop_lag import LoopLag
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .model_ws import model_connector
+from .observe import instrument_connector, observe_call
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket, request_path
 from .rate_limit import TokenBucket
+from .recording import run_retention
 from .softphone import SoftphoneCalls, install_softphone
 from .webhook_auth import incoming_call_authorized
 
@@ -74,12 +79,21 @@ class _Runtime:
         self.acs = settings.require_acs()
         # Fail closed: without the webhook secret anybody could make this server answer calls.
         self.incoming_call_secret = settings.require_incoming_call_secret()
-        self.loop_lag = LoopLagMonitor()
         self._http_transport = http_transport
         self._timeouts = timeouts
         if connect_model is None:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
+        obs = settings.observability
+        #: This app's metrics (its own registry), or None with METRICS_ENABLED=false.
+        self.metrics = Metrics() if obs.metrics_enabled else None
+        if self.metrics is not None:
+            connect_model = instrument_connector(connect_model, self.metrics)
+            self.metrics.count_live_calls(
+                lambda: 0 if self.plane is None else len(self.plane.calls)
+            )
+        self.loop_lag = LoopLag(None if self.metrics is None else self.metrics.loop_lag.observe)
+        self.recordings_dir = Path(obs.recordings_dir) if obs.recordings_dir else None
         self.connect_model: ModelConnector = connect_model
         # Fail closed: a bad AGENT_TOOLS stops the server here, with one line.
         self.tools = (
@@ -123,6 +137,13 @@ class _Runtime:
                 self.plane = plane
                 await nursery.start(self.verifier.run)  # keys at start-up, then on a timer
                 await nursery.start(self.loop_lag.run)
+                if self.recordings_dir is not None:
+                    nursery.start_soon(
+                        run_retention,
+                        self.recordings_dir,
+                        self.settings.observability.recordings_retention_days,
+                        RECORDINGS_SWEEP_INTERVAL_S,
+                    )
                 await nursery.start(plane.serve)
                 task_status.started()
                 await plane.finished.wait()  # stop(): drained, closed, every supervisor done
@@ -204,6 +225,12 @@ def create_app(
     call_runner: RunCall = run_call
     timeouts = ControlTimeouts() if timeouts is None else timeouts
     rt = _Runtime(settings, http_transport, connect_model, timeouts)
+
+    async def observed_runner(*args: Any, handle: CallHandle, **kwargs: Any) -> CallSummary:
+        """``run_call`` with the call's metrics, recording and log ids (control/observe.py)."""
+        async with observe_call(handle, metrics=rt.metrics, recordings_dir=rt.recordings_dir):
+            return await call_runner(*args, handle=handle, **kwargs)
+
     app = AcsTrioApp(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S  # slow-body clients (default 60 s)
@@ -231,6 +258,21 @@ def create_app(
             "calls": 0 if plane is None else len(plane.calls),
             "draining": False if plane is None else plane.draining,
         }
+
+    @app.get("/metrics")
+    async def metrics() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
+        if rt.metrics is None:
+            return Response("metrics are off (METRICS_ENABLED=false)\n", 404)
+        return Response(rt.metrics.expose(), 200, content_type=CONTENT_TYPE_LATEST)
+
+    @app.after_request
+    async def count_request(response: Response) -> Response:  # noqa: ASYNC124
+        if rt.metrics is not None:
+            rule = request.url_rule
+            rt.metrics.http_request(
+                rule.rule if rule is not None else "(unmatched)", response.status_code
+            )
+        return response
 
     @app.get("/readyz")
     async def readyz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
@@ -286,6 +328,8 @@ def create_app(
             elif isinstance(item, IncomingCall):
                 outcome = rt.plane.admit(item) if rt.plane is not None else Admission.NOT_READY
                 redeliver = redeliver or outcome.redeliver
+                if rt.metrics is not None:
+                    rt.metrics.incoming(outcome)
                 log = (
                     logger.info
                     if outcome in {Admission.ANSWERING, Admission.DUPLICATE}
@@ -374,7 +418,7 @@ def create_app(
         try:
             # Inside the try: a failed or cancelled accept must still report media_done.
             await ws.accept()
-            record.summary = await call_runner(
+            record.summary = await observed_runner(
                 QuartMediaSocket(ws),
                 rt.connect_model if record.predial is None else record.predial.connector(),
                 handle=record.handle,
@@ -397,7 +441,7 @@ def create_app(
             settings.softphone,
             rt.softphone,
             connect_model=lambda: rt.connect_model,
-            run_call=call_runner,
+            run_call=observed_runner,
             tools=rt.tools,
         )
         # Never the whole token in a log line: the operator knows it (SOFTPHONE_TOKEN).

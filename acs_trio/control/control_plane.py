@@ -29,7 +29,7 @@ from ..wire.webhook import CallbackEvent, IncomingCall
 from .acs_rest import AcsRest
 from .call_actions import TRANSFER_EVENTS, RecordControl
 from .log_safe import clip, id_chars
-from .loop_lag import LoopLagMonitor
+from .loop_lag import LoopLag
 from .rate_limit import TokenBucket
 from .supervisor import CallRecord, CallSupervisor
 
@@ -76,7 +76,7 @@ class ControlPlane:
         max_concurrent_calls: int,
         timeouts: ControlTimeouts | None = None,
         answer_bucket: TokenBucket | None = None,
-        loop_lag: LoopLagMonitor | None = None,
+        loop_lag: LoopLag | None = None,
         max_loop_lag_s: float = math.inf,
         overflow_target: str = "",
         enable_dtmf_tones: bool = True,

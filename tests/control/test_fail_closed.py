@@ -164,13 +164,13 @@ async def test_not_ready_answers_503() -> None:
 async def test_an_overloaded_event_loop_turns_new_callers_away() -> None:
     async with _harness() as h:
         lag = h.app.extensions["acs_trio"].loop_lag
-        for _ in range(10):
+        for _ in range(8):
             lag.record(0.050)  # 50 ms late on every tick, over MAX_LOOP_LAG_MS (20)
         assert (await h.client.get("/readyz")).status_code == 503
         await h.incoming(incoming_call_event("e-1", "ctx-1"))
         assert h.acs.answers == []
         assert h.acs.rejects == [{"incomingCallContext": "ctx-1", "callRejectReason": "busy"}]
-        for _ in range(10):
+        for _ in range(8):
             lag.record(0.0)
         await h.incoming(incoming_call_event("e-2", "ctx-2"))
         assert [a["incomingCallContext"] for a in h.acs.answers] == ["ctx-2"]
@@ -362,9 +362,9 @@ def test_admission_outcomes_say_whether_event_grid_should_retry() -> None:
 async def test_the_loop_lag_monitor_sees_a_blocked_event_loop() -> None:
     import time
 
-    from acs_trio.control.loop_lag import LoopLagMonitor
+    from acs_trio.control.loop_lag import LoopLag
 
-    monitor = LoopLagMonitor(tick_s=0.01, window=3)
+    monitor = LoopLag(interval_s=0.01, window=3)
     async with trio.open_nursery() as nursery:
         await nursery.start(monitor.run)
         await trio.sleep(0.05)

@@ -150,7 +150,7 @@ def acs_env() -> dict[str, str]:
     return {
         "ACS_CONNECTION_STRING": "endpoint=https://acs.test/;accesskey=QUJDRA==",
         "PUBLIC_BASE_URL": "https://bot.test",
-        "ACS_RESOURCE_ID": "res-1",
+        "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000001",
         "REALTIME_URL": "ws://127.0.0.1:1/v1/realtime",
         "INCOMING_CALL_SECRET": "softphone-test-webhook-secret",
     }
