@@ -14,6 +14,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from ipaddress import ip_address
 from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -32,7 +33,10 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "SoftphoneSettings",
+    "WebhookSettings",
+    "is_loopback_url",
     "model_shutdown_warning",
+    "redact_url",
     "transcription_shutdown_warning",
 ]
 
@@ -122,18 +126,21 @@ def transcription_shutdown_warning(model: str) -> str | None:
 #: ACS streams 20 ms frames (docs/protocols/acs.md §4.3).
 ACS_FRAME_MS = 20
 
+#: INCOMING_CALL_SECRET shorter than this is refused (it is all that stands before answering).
+MIN_SECRET_CHARS = 16
+
 
 @dataclass(frozen=True)
 class ModelEndpoint:
     """Where the realtime model lives and how to authenticate the WebSocket handshake."""
 
     url: str
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     #: Human-readable provider name for logs ("azure-openai", "openai", "explicit URL").
     provider: str = "explicit URL"
 
-    def __repr__(self) -> str:  # never print keys
-        return f"ModelEndpoint(provider={self.provider!r}, url={self.url!r})"
+    def __repr__(self) -> str:  # never print keys (nor an ``?api-key=`` in the URL's query)
+        return f"ModelEndpoint(provider={self.provider!r}, url={redact_url(self.url)!r})"
 
 
 @dataclass(frozen=True)
@@ -266,8 +273,29 @@ class ActionSettings:
 
 # --- server-level limits: one home for every number a reviewer may want to tune -----------------
 
-#: Webhook bodies above this get 413 (Quart's MAX_CONTENT_LENGTH).
-MAX_BODY_BYTES = 1024 * 1024
+#: Webhook bodies above this get 413 (Quart's MAX_CONTENT_LENGTH).  An IncomingCall event is
+#: 2-5 KB and a Call Automation callback about as much; Event Grid sends one event per delivery
+#: by default (docs/deployment.md says to keep it so), so 64 KiB is generous.
+MAX_BODY_BYTES = 64 * 1024
+#: IncomingCall deliveries with more events than this get 413 before any event is decoded.
+MAX_EVENTS_PER_DELIVERY = 5
+#: Quart's BODY_TIMEOUT: the whole request body must arrive within this (slow-body clients).
+BODY_TIMEOUT_S = 5.0
+#: hypercorn's read_timeout: a connection that sends nothing for this long is closed.  ACS sends a
+#: media frame every 20 ms, so this only ever closes idle or trickling clients.
+READ_TIMEOUT_S = 10.0
+#: Accepted sockets: unacknowledged data for this long kills the connection (TCP_USER_TIMEOUT),
+#: so a peer that stops reading cannot hold a call's close deadline hostage (hypercorn shields
+#: ``send_all``); keepalive probes find dead idle peers the same way.
+TCP_USER_TIMEOUT_S = 10.0
+TCP_KEEPALIVE_IDLE_S = 10
+TCP_KEEPALIVE_INTERVAL_S = 5
+TCP_KEEPALIVE_PROBES = 3
+#: How long after an answer_call that failed or timed out a late connection is watched for
+#: (and hung up): a media socket or CallConnected for it means ACS did answer.
+LATE_ANSWER_WATCH_S = 60.0
+#: Busy rejections / overflow redirects in flight at once; more are only logged.
+MAX_PENDING_REJECTS = 32
 #: After ACS disconnects the media socket, the route has this long to finish before it is cancelled.
 MEDIA_DISCONNECT_GRACE_S = 5.0
 #: Largest WebSocket message hypercorn assembles (an ACS 20 ms frame is ~1.4 KB of JSON).
@@ -286,6 +314,15 @@ JWT_LEEWAY_S = 60.0
 JWKS_REFRESH_INTERVAL_S = 60.0
 JWKS_EMPTY_RETRY_S = 1.0
 JWKS_FETCH_TIMEOUT_S = 5.0
+#: The JWKS is fetched at start-up and then replaced on this timer, so a key Microsoft removes
+#: stops being trusted within this time.  Failed timer fetches are retried after JWKS_RETRY_S.
+JWKS_MAX_AGE_S = 3600.0
+JWKS_RETRY_S = 10.0
+#: Unknown-``kid`` refreshes from requests that carry a live per-call token (media sockets,
+#: callbacks of admitted calls) have their own budget, at most one per this many seconds, apart
+#: from the budget spent by anonymous requests (JWKS_REFRESH_INTERVAL_S): junk tokens sent to
+#: unknown callback URLs cannot delay the refresh a real key rotation needs.
+JWKS_KNOWN_CALL_REFRESH_S = 5.0
 #: Softphone (docs/softphone.md): browser calls at once, events queued per call (dropped when
 #: the page does not keep up), and how long the page has to open its media socket.
 SOFTPHONE_MAX_CALLS = 4
@@ -299,7 +336,7 @@ SOFTPHONE_MIN_TOKEN_CHARS = 22
 class AcsSettings:
     """Call Automation resource, public URL and token checks (docs/protocols/acs.md §2, §5)."""
 
-    connection_string: str
+    connection_string: str = field(repr=False)
     #: The https base URL ACS reaches; callback and wss media URLs are built from it.
     public_base_url: str
     #: The ACS resource's immutable id: the audience of Call Automation JWTs.
@@ -318,9 +355,25 @@ class AcsSettings:
 class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8000
-    max_concurrent_calls: int = 200
+    #: What one process carries at p99 < 5 ms (docs/performance.md: 40 calls; underruns from 75).
+    max_concurrent_calls: int = 40
     #: On shutdown, live calls get this long before they are ended (and hung up).
     shutdown_grace_s: float = 10.0
+    #: New calls are refused (as FULL) while the event loop lags more than this.
+    max_loop_lag_ms: float = 20.0
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The IncomingCall webhook: its secret, the answer rate limit and the overflow target."""
+
+    #: Event Grid must send it as ``?code=`` or the ``X-Incoming-Call-Secret`` header.
+    incoming_call_secret: str = field(default="", repr=False)
+    #: Token bucket for answers: sustained rate and burst.
+    answer_rate_per_s: float = 5.0
+    answer_burst: int = 20
+    #: When full: redirect here (a phone number ``+1…`` or an ACS user id), else reject as busy.
+    overflow_target: str = ""
 
 
 @dataclass(frozen=True)
@@ -372,6 +425,7 @@ class Settings:
     acs: AcsSettings | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
     log_level: str = "INFO"
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
     observability: Observability = field(default_factory=Observability)
     #: Things worth a WARNING once logging is up (e.g. quotes removed from a value).
     notices: tuple[str, ...] = ()
@@ -396,8 +450,19 @@ class Settings:
                 shutdown_grace_s=env.get(
                     "SHUTDOWN_GRACE_S", _non_negative_float, ServerSettings.shutdown_grace_s
                 ),
+                max_loop_lag_ms=env.get(
+                    "MAX_LOOP_LAG_MS", _positive_float, ServerSettings.max_loop_lag_ms
+                ),
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
+            webhook=WebhookSettings(
+                incoming_call_secret=env.raw("INCOMING_CALL_SECRET") or "",
+                answer_rate_per_s=env.get(
+                    "ANSWER_RATE_PER_S", _positive_float, WebhookSettings.answer_rate_per_s
+                ),
+                answer_burst=env.get("ANSWER_BURST", _positive_int, WebhookSettings.answer_burst),
+                overflow_target=env.get("OVERFLOW_TARGET", str, ""),
+            ),
             observability=_observability_from_env(env),
             actions=_actions_from_env(env),
             softphone=_softphone_from_env(env),
@@ -412,6 +477,16 @@ class Settings:
                 "or run `acs-trio serve --local-peer` to answer with the local echo test peer"
             )
         return self.model
+
+    def require_incoming_call_secret(self) -> str:
+        secret = self.webhook.incoming_call_secret
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ConfigError(
+                f"INCOMING_CALL_SECRET must be set (at least {MIN_SECRET_CHARS} characters, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`) and put in the "
+                "Event Grid subscription (docs/deployment.md)"
+            )
+        return secret
 
     def require_acs(self) -> AcsSettings:
         if self.acs is None:
@@ -453,7 +528,46 @@ class _Env:
         try:
             return parse(value)
         except ValueError as exc:
-            raise ConfigError(f"{name}={value!r} is invalid: {exc}") from None
+            shown = "<hidden>" if _is_secret_name(name) else repr(redact_url(value))
+            raise ConfigError(f"{name}={shown} is invalid: {exc}") from None
+
+
+def _is_secret_name(name: str) -> bool:
+    return any(word in name for word in ("SECRET", "KEY", "CONNECTION_STRING", "TOKEN"))
+
+
+def redact_url(value: str) -> str:
+    """``value`` with any URL query and user-info replaced: they may hold credentials."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "<unparsable>"
+    if not parts.scheme or not parts.netloc:
+        return value
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "?<redacted>" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+def is_loopback_url(url: str) -> bool:
+    """True if ``url``'s host is localhost or a loopback address."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_cleartext(name: str, url: str, what: str) -> None:
+    """Credentials never travel over ws:// or http:// except to this machine (tests, demos)."""
+    scheme = urlsplit(url).scheme
+    if scheme in {"ws", "http"} and not is_loopback_url(url):
+        raise ConfigError(
+            f"{name} is {scheme}:// to a non-loopback host, which would send {what} in clear "
+            f"text: use {scheme}s://"
+        )
 
 
 def _log_format(value: str) -> str:
@@ -542,6 +656,8 @@ def _model_from_env(env: _Env) -> ModelEndpoint | None:
     explicit = env.get("REALTIME_URL", _ws_url, "")
     if explicit:
         key = env.raw("REALTIME_API_KEY")
+        if key or urlsplit(explicit).query:
+            _refuse_cleartext("REALTIME_URL", explicit, "the model credentials")
         headers = (("Authorization", f"Bearer {key}"),) if key else ()
         return ModelEndpoint(url=explicit, headers=headers, provider="explicit URL")
 
@@ -553,6 +669,7 @@ def _model_from_env(env: _Env) -> ModelEndpoint | None:
             raise ConfigError("AZURE_OPENAI_API_KEY must be set with AZURE_OPENAI_ENDPOINT")
         if deployment is None:
             raise ConfigError("AZURE_OPENAI_DEPLOYMENT must be set with AZURE_OPENAI_ENDPOINT")
+        _refuse_cleartext("AZURE_OPENAI_ENDPOINT", azure_endpoint, "AZURE_OPENAI_API_KEY")
         parts = urlsplit(azure_endpoint)
         scheme = "ws" if parts.scheme == "http" else "wss"  # http:// only for local test peers
         url = f"{scheme}://{parts.netloc}/openai/v1/realtime?model={quote(deployment, safe='')}"
@@ -635,9 +752,11 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
         raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
     connection_string = env.get("ACS_CONNECTION_STRING", str, "")
     _check_connection_string(connection_string)
+    public_base_url = env.get("PUBLIC_BASE_URL", _https_base, "")
+    _refuse_cleartext("PUBLIC_BASE_URL", public_base_url, "ACS's JWTs and the per-call tokens")
     return AcsSettings(
         connection_string=connection_string,
-        public_base_url=env.get("PUBLIC_BASE_URL", _https_base, ""),
+        public_base_url=public_base_url,
         resource_id=env.get("ACS_RESOURCE_ID", _resource_id, ""),
         jwks_url=env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL),
         jwt_issuer=env.get("ACS_JWT_ISSUER", str, DEFAULT_ACS_JWT_ISSUER),

@@ -46,6 +46,9 @@ from acs_trio.testing.acs.wire import (
     phone_identifier,
 )
 
+#: The server's INCOMING_CALL_SECRET in a bench run (harness.py sets it), sent as Event Grid would.
+WEBHOOK_SECRET = "bench-incoming-call-secret-0123456789"
+
 if TYPE_CHECKING:
     from fake_model import ModelSocket
 
@@ -281,7 +284,10 @@ class Call:
             async with self.gen.http.post(
                 f"{self.server_url}/api/incomingCall",
                 json=body,
-                headers={"aeg-event-type": "Notification"},
+                headers={
+                    "aeg-event-type": "Notification",
+                    "X-Incoming-Call-Secret": WEBHOOK_SECRET,
+                },
             ) as response:
                 await response.read()
                 if response.status != 200:

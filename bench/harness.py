@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arms import Arm, this_tree
-from caller import Generator
+from caller import WEBHOOK_SECRET, Generator
 from fake_acs import FakeAcs
 from fake_model import ModelPeer
 from metrics import Sink
@@ -76,6 +76,11 @@ async def open_bench(
         "SSL_CERT_FILE": str(tls.ca_pem),
         "REALTIME_URL": f"wss://127.0.0.1:{model_port}/v1/realtime",
         "MAX_CONCURRENT_CALLS": "100000",
+        # The bench drives the server past saturation on purpose: no admission limits.
+        "INCOMING_CALL_SECRET": WEBHOOK_SECRET,
+        "ANSWER_RATE_PER_S": "100000",
+        "ANSWER_BURST": "100000",
+        "MAX_LOOP_LAG_MS": "100000",
         "LOG_LEVEL": os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
         **(server_env or {}),
     }

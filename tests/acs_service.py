@@ -46,6 +46,9 @@ class FakeAcsService:
         #: Trio times of each successful ``:terminate``.
         self.hang_up_times: list[float] = []
         self.answer_seen = trio.Event()
+        #: incomingCallContexts rejected (busy) and (context, target raw id) redirected.
+        self.rejects: list[dict[str, Any]] = []
+        self.redirects: list[dict[str, Any]] = []
 
     @property
     def transport(self) -> Any:
@@ -88,6 +91,12 @@ class FakeAcsService:
                     "callConnectionState": "connecting",
                 },
             )
+        if path == "/calling/callConnections:reject":
+            self.rejects.append(json.loads(request.content))
+            return httpx.Response(204)
+        if path == "/calling/callConnections:redirect":
+            self.redirects.append(json.loads(request.content))
+            return httpx.Response(204)
         if path.endswith(":terminate"):
             connection = path.removeprefix("/calling/callConnections/").removesuffix(":terminate")
             self.hang_up_attempts.append(connection)
@@ -110,6 +119,10 @@ class FakeAcsService:
     def token_of(self, n: int) -> str:
         """The per-call token of the n-th answered call (1-based), read from its callbackUri."""
         return str(self.answers[n - 1]["callbackUri"]).rsplit("/", 1)[1]
+
+    def media_token_of(self, n: int) -> str:
+        """The n-th answered call's media token, read from its transportUrl."""
+        return str(self.answers[n - 1]["mediaStreamingOptions"]["transportUrl"]).rsplit("/", 1)[1]
 
 
 def incoming_call_event(

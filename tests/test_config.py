@@ -109,6 +109,71 @@ def test_a_plain_http_azure_endpoint_means_a_plain_ws_socket() -> None:
     assert model.url == "ws://127.0.0.1:9000/openai/v1/realtime?model=d"
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"REALTIME_URL": "ws://model.example/v1/realtime", "REALTIME_API_KEY": "k"},
+            "REALTIME_URL",
+        ),
+        (
+            {
+                "AZURE_OPENAI_ENDPOINT": "http://myres.openai.azure.com",
+                "AZURE_OPENAI_API_KEY": "k",
+                "AZURE_OPENAI_DEPLOYMENT": "d",
+            },
+            "AZURE_OPENAI_ENDPOINT",
+        ),
+        (
+            {
+                "ACS_CONNECTION_STRING": "endpoint=https://a/;accesskey=QUJDRA==",
+                "PUBLIC_BASE_URL": "http://bot.example.com",
+                "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000000",
+            },
+            "PUBLIC_BASE_URL",
+        ),
+    ],
+)
+def test_credentials_over_cleartext_are_refused_except_to_loopback(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+    loopback = {k: v.replace("model.example", "127.0.0.1").replace("bot.example.com", "localhost")
+                .replace("myres.openai.azure.com", "[::1]").replace("acs.example", "127.0.0.1")
+                for k, v in env.items()}  # fmt: skip
+    Settings.from_env(loopback)  # tests and demos on this machine
+
+
+def test_config_errors_and_reprs_never_show_secrets() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"REALTIME_URL": "http://h/realtime?api-key=SUPERSECRET"})
+    assert "SUPERSECRET" not in str(caught.value)
+    assert "REALTIME_URL" in str(caught.value)
+    model = Settings.from_env({"REALTIME_URL": "wss://h/realtime?api-key=SUPERSECRET"}).model
+    assert "SUPERSECRET" not in repr(model)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"INCOMING_CALL_SECRET": "SUPERSECRET", "ANSWER_BURST": "x"})
+    assert "SUPERSECRET" not in str(caught.value)
+    settings = Settings.from_env({"INCOMING_CALL_SECRET": "SUPERSECRET-0123456789"})
+    assert "SUPERSECRET" not in repr(settings)
+
+
+def test_incoming_call_secret_is_required_and_long_enough() -> None:
+    for env in ({}, {"INCOMING_CALL_SECRET": "short"}):
+        with pytest.raises(ConfigError, match="INCOMING_CALL_SECRET"):
+            Settings.from_env(env).require_incoming_call_secret()
+    secret = "x" * 32
+    assert (
+        Settings.from_env({"INCOMING_CALL_SECRET": secret}).require_incoming_call_secret() == secret
+    )
+
+
+def test_default_capacity_is_what_one_process_carries() -> None:
+    # docs/performance.md: 40 calls per process at p99 < 5 ms; underruns from 75.
+    assert Settings.from_env({}).server.max_concurrent_calls == 40
+
+
 def test_default_model_is_current_and_shutdown_names_are_warned() -> None:
     from acs_trio.config import (
         DEFAULT_REALTIME_MODEL,

@@ -115,6 +115,17 @@ class CallHandle:
         """The first reason given to :meth:`cancel`, if any."""
         return self._end_request
 
+    def restart(self) -> None:
+        """Re-arm a finished call for another ``run_call`` (its media socket was re-established).
+
+        Only once the previous ``run_call`` has returned (the control plane checks that).  The ids
+        stay; the end request, its event and ``finished`` start afresh.
+        """
+        self._on_cancel = None
+        self._end_request = None
+        self.end_requested = trio.Event()
+        self.finished = trio.Event()
+
     def bind(self, on_cancel: Callable[[], None]) -> None:
         """Called by ``run_call`` when the call starts; not for the control plane.
 

@@ -61,6 +61,10 @@ class PreDial:
         finally:
             self._settled.set()
 
+    def release(self) -> None:
+        """Close the early socket unused (the call will never run: its answer failed)."""
+        self._released.set()
+
     def connector(self) -> ModelConnector:
         """The :data:`ModelConnector` for ``run_call``: the early socket first, then fresh ones."""
         return self._open

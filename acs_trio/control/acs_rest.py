@@ -34,6 +34,7 @@ from typing import Any
 import trio
 from azure.communication.callautomation import (
     AudioFormat,
+    CallRejectReason,
     CommunicationIdentifier,
     CommunicationUserIdentifier,
     MediaStreamingAudioChannelType,
@@ -239,6 +240,28 @@ class AcsRest:
             raise _rest_error("answer_call", exc) from exc
         except _BAD_RESPONSE as exc:
             raise AcsRestError(f"answer_call: unusable response: {exc!r}") from exc
+
+    async def reject_call(self, incoming_call_context: str) -> None:
+        """Refuse a ringing call as busy (``POST /calling/callConnections:reject``)."""
+        client = self._require_client()
+        try:
+            await client.reject_call(
+                incoming_call_context, call_reject_reason=CallRejectReason.BUSY
+            )
+        except AzureError as exc:
+            raise _rest_error("reject_call", exc) from exc
+        except _BAD_RESPONSE as exc:
+            raise AcsRestError(f"reject_call: unusable response: {exc!r}") from exc
+
+    async def redirect_call(self, incoming_call_context: str, target: str) -> None:
+        """Send a ringing call elsewhere: ``target`` as for :func:`transfer_target`."""
+        client = self._require_client()
+        try:
+            await client.redirect_call(incoming_call_context, transfer_target(target))
+        except AzureError as exc:
+            raise _rest_error("redirect_call", exc) from exc
+        except _BAD_RESPONSE as exc:
+            raise AcsRestError(f"redirect_call: unusable response: {exc!r}") from exc
 
     async def hang_up(self, call_connection_id: str) -> None:
         """End the call for everyone (``POST …:terminate``, docs/protocols/acs.md §2.4)."""

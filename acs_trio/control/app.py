@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +22,9 @@ from quart import Response, request, websocket
 from ..call.lifecycle import CallHandle, CallSummary
 from ..call.model_socket import ModelConnector
 from ..config import (
+    BODY_TIMEOUT_S,
     MAX_BODY_BYTES,
+    MAX_EVENTS_PER_DELIVERY,
     RECORDINGS_SWEEP_INTERVAL_S,
     ControlTimeouts,
     Settings,
@@ -39,16 +42,20 @@ from ..wire.webhook import (
     decode_event_grid,
     load_json_array,
 )
+from . import hypercorn_ws
 from .acs_rest import HttpTransport, open_acs_rest
 from .auth import JwtVerifier, bearer_token
 from .control_plane import Admission, ControlPlane
+from .log_safe import clip
 from .loop_lag import LoopLag
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .model_ws import model_connector
 from .observe import instrument_connector, observe_call
-from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
+from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket, request_path
+from .rate_limit import TokenBucket
 from .recording import run_retention
 from .softphone import SoftphoneCalls, install_softphone
+from .webhook_auth import incoming_call_authorized
 
 __all__ = ["create_app"]
 
@@ -70,6 +77,8 @@ class _Runtime:
     ) -> None:
         self.settings = settings
         self.acs = settings.require_acs()
+        # Fail closed: without the webhook secret anybody could make this server answer calls.
+        self.incoming_call_secret = settings.require_incoming_call_secret()
         self._http_transport = http_transport
         self._timeouts = timeouts
         if connect_model is None:
@@ -109,11 +118,16 @@ class _Runtime:
                 issuer=self.acs.jwt_issuer,
                 audience=self.acs.resource_id,
             )
+            server, webhook = self.settings.server, self.settings.webhook
             plane = ControlPlane(
                 rest,
                 public_base_url=self.acs.public_base_url,
-                max_concurrent_calls=self.settings.server.max_concurrent_calls,
+                max_concurrent_calls=server.max_concurrent_calls,
                 timeouts=self._timeouts,
+                answer_bucket=TokenBucket(webhook.answer_rate_per_s, webhook.answer_burst),
+                loop_lag=self.loop_lag,
+                max_loop_lag_s=server.max_loop_lag_ms / 1000,
+                overflow_target=webhook.overflow_target,
                 enable_dtmf_tones=self.settings.actions.dtmf_enabled,
                 connect_model=self.connect_model,
             )
@@ -121,6 +135,7 @@ class _Runtime:
                 plane.other_calls = lambda: len(softphone.calls)
             async with trio.open_nursery() as nursery:
                 self.plane = plane
+                await nursery.start(self.verifier.run)  # keys at start-up, then on a timer
                 await nursery.start(self.loop_lag.run)
                 if self.recordings_dir is not None:
                     nursery.start_soon(
@@ -145,18 +160,25 @@ class _Runtime:
 
     @property
     def ready(self) -> bool:
-        return self.plane is not None and self.plane.ready
+        return (
+            self.plane is not None
+            and self.plane.ready
+            and self.verifier is not None
+            and self.verifier.loaded
+        )
 
-    async def verify_jwt(self, authorization: str | None) -> None:
+    async def verify_jwt(self, authorization: str | None, *, known_call: bool = False) -> None:
         """Raise :class:`AuthError` (bad token) or :class:`KeysUnavailable` (cannot check now)."""
         if self.verifier is None:
             raise KeysUnavailable("not ready: no JWT verifier yet")
-        await self.verifier.verify(bearer_token(authorization))
+        await self.verifier.verify(bearer_token(authorization), known_call=known_call)
 
-    async def authenticate(self, authorization: str | None) -> Response | None:
+    async def authenticate(
+        self, authorization: str | None, *, known_call: bool = False
+    ) -> Response | None:
         """For HTTP callbacks: None if the ACS JWT verifies, else 401 (503 without keys)."""
         try:
-            await self.verify_jwt(authorization)
+            await self.verify_jwt(authorization, known_call=known_call)
         except KeysUnavailable as exc:
             logger.warning("%s refused: %s", request_path(), exc)
             return Response("cannot verify tokens right now\n", 503)
@@ -164,15 +186,6 @@ class _Runtime:
             logger.warning("%s refused: %s", request_path(), exc)
             return Response("unauthorized\n", 401)
         return None
-
-
-def request_path() -> str:
-    """The path for log lines, with the per-call token cut short (it is a secret)."""
-    from quart import has_websocket_context
-
-    path: str = websocket.path if has_websocket_context() else request.path
-    head, sep, token = path.rpartition("/")
-    return f"{head}/{token[:4]}…" if sep and len(token) > 16 else path
 
 
 async def _json_events(max_bytes: int = MAX_BODY_BYTES) -> list[Any] | Response:
@@ -204,6 +217,7 @@ def create_app(
     ``httpx.MockTransport``); ``run_call``/``connect_model`` replace the call bridge / model socket.
     """
     settings = Settings.from_env() if settings is None else settings
+    hypercorn_ws.install()  # a close hypercorn starts itself (1009) must end the call at once
     if run_call is None:
         from ..call.bridge import run_call as real_run_call
 
@@ -219,6 +233,7 @@ def create_app(
 
     app = AcsTrioApp(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S  # slow-body clients (default 60 s)
     # quart-trio puts this deadline on the lifespan nursery at shutdown: room for the drain.
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = (
         settings.server.shutdown_grace_s + timeouts.hang_up_total_s + 10
@@ -263,28 +278,56 @@ def create_app(
     async def readyz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
         return Response("ready\n", 200) if rt.ready else Response("not ready\n", 503)
 
+    def webhook_refusal() -> Response | None:
+        """401 unless the request carries INCOMING_CALL_SECRET; runs before the body is read."""
+        if incoming_call_authorized(rt.incoming_call_secret, request.headers, request.args):
+            return None
+        logger.warning(
+            "%s %s refused: no valid incoming-call secret (client %s)",
+            request.method,
+            request.path,
+            clip(request.remote_addr),
+        )
+        return Response("unauthorized\n", 401)
+
     @app.route("/api/incomingCall", methods=["OPTIONS"], provide_automatic_options=False)
     async def incoming_call_handshake() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
         # CloudEvents abuse protection (docs/protocols/acs.md §1.1, Event Grid webhook-event-delivery).
+        refusal = webhook_refusal()
+        if refusal is not None:
+            return refusal
         origin = request.headers.get("WebHook-Request-Origin")
         if not origin:
             return Response("missing WebHook-Request-Origin\n", 400)
-        logger.info("CloudEvents handshake from %s", origin)
+        logger.info("CloudEvents handshake from %s", clip(origin))
         headers = {"WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "*"}
         return Response("", 200, headers=headers)
 
     @app.post("/api/incomingCall")
     async def incoming_call() -> Response | dict[str, str]:
+        refusal = webhook_refusal()  # before the body: an unauthenticated request costs nothing
+        if refusal is not None:
+            return refusal
         events = await _json_events()
         if isinstance(events, Response):
             return events
+        if len(events) > MAX_EVENTS_PER_DELIVERY:
+            # Event Grid's default batch is one event (docs/deployment.md keeps it so).
+            logger.warning(
+                "incomingCall: %d events in one delivery (limit %d): refused with 413",
+                len(events),
+                MAX_EVENTS_PER_DELIVERY,
+            )
+            return Response("too many events in one delivery\n", 413)
         validation: str | None = None
+        redeliver = False
         for item in decode_event_grid(events):
             if isinstance(item, ValidationRequest):
-                logger.info("Event Grid subscription validation (event %s)", item.event_id)
+                logger.info("Event Grid subscription validation (event %s)", clip(item.event_id))
                 validation = validation or item.validation_code
             elif isinstance(item, IncomingCall):
                 outcome = rt.plane.admit(item) if rt.plane is not None else Admission.NOT_READY
+                redeliver = redeliver or outcome.redeliver
                 if rt.metrics is not None:
                     rt.metrics.incoming(outcome)
                 log = (
@@ -294,31 +337,39 @@ def create_app(
                 )
                 log(
                     "IncomingCall event=%s corr=%s server_call_id=%s caller=%s: %s",
-                    item.event_id,
-                    item.correlation_id or "-",
-                    item.server_call_id or "-",
-                    item.caller,
+                    clip(item.event_id),
+                    clip(item.correlation_id or "-"),
+                    clip(item.server_call_id or "-"),
+                    clip(item.caller),
                     outcome,
                 )
             else:
                 _log_skipped("incomingCall", item)
         if validation is not None:
             return {"validationResponse": validation}
+        if redeliver:
+            # Event Grid retries 503 (never a 2xx), maybe on another instance; the duplicate
+            # memory holds only admitted calls, so the ones answered now are not answered twice.
+            return Response("not accepting calls right now\n", 503, headers={"Retry-After": "5"})
         return Response("", 200)
 
     @app.post("/api/callbacks/<token>")
     async def callbacks(token: str) -> Response:
-        refusal = await rt.authenticate(request.headers.get("Authorization"))
+        known = rt.plane is not None and rt.plane.knows_token(token)
+        refusal = await rt.authenticate(request.headers.get("Authorization"), known_call=known)
         if refusal is not None:
             return refusal
         events = await _json_events()
         if isinstance(events, Response):
             return events
+        found = known or (rt.plane is not None and rt.plane.recently_ended(token))
         for item in decode_callbacks(events):
             if isinstance(item, Skipped):
                 _log_skipped(request_path(), item)
             elif rt.plane is not None:
-                rt.plane.on_callback(token, item)
+                found = rt.plane.on_callback(token, item) and found
+        if not found:
+            return Response("unknown call\n", 404)
         return Response("", 200)
 
     @app.websocket("/ws/<token>")
@@ -327,14 +378,14 @@ def create_app(
         plane = rt.plane
         if plane is None:
             return Response("not ready\n", 503)
-        if token not in plane.calls:  # before any JWKS work: junk URLs cost nothing
+        if not plane.knows_media_token(token):  # before any JWKS work: junk URLs cost nothing
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
         # docs/protocols/acs.md §5.2: the doc's prose says "Authentication header", its sample reads
         # Authorization; take either.
         authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
         try:
-            await rt.verify_jwt(authorization)
+            await rt.verify_jwt(authorization, known_call=True)
         except KeysUnavailable as exc:
             # §5.2: a failed check is refused (HTTP 401 below); "other errors" close with 1011.
             logger.warning("%s refused with close 1011: %s", request_path(), exc)
@@ -354,11 +405,16 @@ def create_app(
         if "permessage-deflate" in ws.headers.get("Sec-WebSocket-Extensions", ""):
             # Declined at the handshake (server.decline_permessage_deflate): CPU for little gain.
             logger.info("%s ACS offered permessage-deflate; declined", record.ids)
+        resumed = record.media_sockets > 0
+        record.media_sockets += 1
         logger.info(
-            "%s media socket connected (x-ms-call-correlation-id=%s)",
+            "%s media socket %s (x-ms-call-correlation-id=%s)",
             record.ids,
-            ws.headers.get("x-ms-call-correlation-id", "-"),
+            "re-established" if resumed else "connected",
+            clip(ws.headers.get("x-ms-call-correlation-id", "-")),
         )
+        # A resumed call has been greeted already.
+        agent = replace(settings.agent, greeting=None) if resumed else settings.agent
         try:
             # Inside the try: a failed or cancelled accept must still report media_done.
             await ws.accept()
@@ -366,7 +422,7 @@ def create_app(
                 QuartMediaSocket(ws),
                 rt.connect_model if record.predial is None else record.predial.connector(),
                 handle=record.handle,
-                agent=settings.agent,
+                agent=agent,
                 limits=settings.limits,
                 tools=rt.tools,
                 actions=settings.actions,
@@ -400,5 +456,9 @@ def create_app(
 
 def _log_skipped(where: str, item: Skipped) -> None:
     logger.warning(
-        "%s: event %s (%s) ignored: %s", where, item.event_id, item.event_type, item.reason
+        "%s: event %s (%s) ignored: %s",
+        where,
+        clip(item.event_id),
+        clip(item.event_type),
+        clip(item.reason, 200),
     )

@@ -7,15 +7,24 @@ id, keys from the JWKS URL (``{"keys": [...]}`` with ``kid``).
 Why PyJWT, and why not its ``PyJWKClient``: PyJWT does the signature and claim checks (the
 doc's own sample uses it), but ``PyJWKClient`` fetches keys with blocking ``urllib`` inside the
 event loop.  So :class:`JwtVerifier` fetches the JWKS itself over the shared httpx client
-(:meth:`AcsRest.get_json`), caches the keys by ``kid``, and refreshes the cache when a token
-names a ``kid`` it does not know — at most once per ``refresh_interval_s``, so a stream of junk
-``kid`` values cannot make us hammer the JWKS URL.  Concurrent misses share one fetch (a lock).
-While no keys are cached at all (the fetches so far failed) the limit is ``EMPTY_RETRY_S``
-instead, and a token is refused as :class:`KeysUnavailable` (503), never as an unknown ``kid``.
+(:meth:`AcsRest.get_json`) and caches the keys by ``kid``:
+
+* :meth:`JwtVerifier.run` fetches the set at start-up (readiness stays false until it has keys)
+  and replaces it every ``JWKS_MAX_AGE_S``, so a key removed from the JWKS stops being trusted;
+* a token naming a ``kid`` we do not know triggers a refresh, rate-limited per *budget*: requests
+  that carry a live per-call token (``known_call=True``: a media socket or a callback of an
+  admitted call) at most once per ``JWKS_KNOWN_CALL_REFRESH_S``; anonymous ones (callbacks to
+  unknown URLs) once per ``refresh_interval_s``.  Junk ``kid`` values cannot make us hammer the
+  JWKS URL, and cannot spend the budget a real key rotation needs.
+
+Concurrent misses share one fetch (a lock).  While no keys are cached at all (the fetches so far
+failed) the limit is ``EMPTY_RETRY_S`` instead, and a token is refused as :class:`KeysUnavailable`
+(503), never as an unknown ``kid``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Protocol
 
@@ -25,7 +34,10 @@ import trio
 from ..config import (
     JWKS_EMPTY_RETRY_S,
     JWKS_FETCH_TIMEOUT_S,
+    JWKS_KNOWN_CALL_REFRESH_S,
+    JWKS_MAX_AGE_S,
     JWKS_REFRESH_INTERVAL_S,
+    JWKS_RETRY_S,
     JWT_LEEWAY_S,
 )
 from ..errors import AcsRestError, AuthError, KeysUnavailable
@@ -67,20 +79,46 @@ class JwtVerifier:
         issuer: str,
         audience: str,
         refresh_interval_s: float = REFRESH_INTERVAL_S,
+        known_call_refresh_s: float = JWKS_KNOWN_CALL_REFRESH_S,
+        max_age_s: float = JWKS_MAX_AGE_S,
     ) -> None:
         self._fetcher = fetcher
         self._jwks_url = jwks_url
         self._issuer = issuer
         self._audience = audience
         self._refresh_interval_s = refresh_interval_s
+        self._known_call_refresh_s = known_call_refresh_s
+        self._max_age_s = max_age_s
         self._keys: dict[str, jwt.PyJWK] = {}
+        #: Last unknown-kid refresh per budget (True: a request with a live per-call token).
+        self._last_miss: dict[bool, float] = {}
         self._last_fetch: float | None = None
+        self._last_fetch_ok = False
         self._lock = trio.Lock()
         #: How many times the JWKS was fetched (tests and logs).
         self.fetches = 0
 
-    async def verify(self, token: str) -> dict[str, Any]:
-        """Return the verified claims, or raise :class:`AuthError` saying why not."""
+    @property
+    def loaded(self) -> bool:
+        """True once a JWKS with usable keys has been fetched (part of readiness)."""
+        return bool(self._keys)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Fetch the keys now, then replace them every ``max_age_s`` (retrying failures)."""
+        task_status.started()
+        while True:
+            async with self._lock:
+                with contextlib.suppress(KeysUnavailable):  # logged; readiness stays false
+                    await self._refresh()
+                fresh = self._last_fetch_ok
+            await trio.sleep(self._max_age_s if fresh else JWKS_RETRY_S)
+
+    async def verify(self, token: str, *, known_call: bool = False) -> dict[str, Any]:
+        """Return the verified claims, or raise :class:`AuthError` saying why not.
+
+        ``known_call``: the request carries a live per-call token, so an unknown ``kid`` may
+        spend the known-call refresh budget (see the module docstring).
+        """
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -90,7 +128,7 @@ class JwtVerifier:
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise AuthError("JWT header has no kid")
-        key = await self._key_for(kid)
+        key = await self._key_for(kid, known_call)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -105,13 +143,14 @@ class JwtVerifier:
             raise AuthError(f"JWT rejected: {type(exc).__name__}: {exc}") from None
         return claims
 
-    async def _key_for(self, kid: str) -> jwt.PyJWK:
+    async def _key_for(self, kid: str, known_call: bool) -> jwt.PyJWK:
         key = self._keys.get(kid)
         if key is not None:
             return key
         async with self._lock:
             key = self._keys.get(kid)  # another task may have refreshed while we waited
-            if key is None and self._may_refresh():
+            if key is None and self._may_refresh(known_call):
+                self._last_miss[known_call] = trio.current_time()
                 await self._refresh()
                 key = self._keys.get(kid)
         if key is None:
@@ -120,14 +159,17 @@ class JwtVerifier:
             raise AuthError(f"unknown JWT kid {kid!r}")
         return key
 
-    def _may_refresh(self) -> bool:
-        if self._last_fetch is None:
-            return True
-        interval = self._refresh_interval_s if self._keys else EMPTY_RETRY_S
-        return trio.current_time() - self._last_fetch >= interval
+    def _may_refresh(self, known_call: bool) -> bool:
+        now = trio.current_time()
+        if not self._keys:
+            return self._last_fetch is None or now - self._last_fetch >= EMPTY_RETRY_S
+        last = self._last_miss.get(known_call)
+        interval = self._known_call_refresh_s if known_call else self._refresh_interval_s
+        return last is None or now - last >= interval
 
     async def _refresh(self) -> None:
         self._last_fetch = trio.current_time()
+        self._last_fetch_ok = False
         self.fetches += 1
         try:
             with trio.fail_after(FETCH_TIMEOUT_S):
@@ -143,8 +185,12 @@ class JwtVerifier:
             if not self._keys:
                 raise KeysUnavailable("JWKS has no usable keys")
             return
+        removed = sorted(set(self._keys) - set(keys))
         self._keys = keys
+        self._last_fetch_ok = True
         logger.info("JWKS loaded from %s: kids=%s", self._jwks_url, sorted(keys))
+        if removed:
+            logger.info("JWKS: keys no longer trusted: %s", removed)
 
 
 def _parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import math
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,10 +23,14 @@ import trio
 from ..call.lifecycle import CallHandle, CallIds, EndReason
 from ..call.model_socket import ModelConnector
 from ..call.predial import PreDial
-from ..config import SEEN_EVENTS_MAX, ControlTimeouts
+from ..config import MAX_PENDING_REJECTS, SEEN_EVENTS_MAX, ControlTimeouts
+from ..errors import AcsRestError
 from ..wire.webhook import CallbackEvent, IncomingCall
 from .acs_rest import AcsRest
 from .call_actions import TRANSFER_EVENTS, RecordControl
+from .log_safe import clip, id_chars
+from .loop_lag import LoopLag
+from .rate_limit import TokenBucket
 from .supervisor import CallRecord, CallSupervisor
 
 __all__ = ["Admission", "CallRecord", "ControlPlane"]
@@ -34,17 +39,30 @@ logger = logging.getLogger(__name__)
 
 
 # Duplicate detection remembers SEEN_EVENTS_MAX event ids / incomingCallContext hashes (oldest
-# dropped): hashes, not the contexts, so the memory stays small whatever the webhook is sent.
+# dropped) of ADMITTED calls only: hashes, not the contexts, so the memory stays small whatever
+# the webhook is sent, and a call refused while draining can be answered on redelivery.
 
 
 class Admission(enum.StrEnum):
-    """Outcomes of :meth:`ControlPlane.admit` (strings, so they go straight into log lines)."""
+    """Outcomes of :meth:`ControlPlane.admit` (strings, so they go straight into log lines).
+
+    FULL and OVERLOADED are turned away at once (``reject_call`` busy, or ``redirect_call`` to the
+    overflow target): the caller gets a clear outcome.  NOT_READY, DRAINING and RATE_LIMITED are
+    answered 503 by the route, so Event Grid redelivers (maybe to another instance).
+    """
 
     ANSWERING = "answering"
     DUPLICATE = "duplicate"
     NOT_READY = "not_ready"
     DRAINING = "draining"
     FULL = "full"
+    OVERLOADED = "overloaded"  # the event loop lags: one more call would hurt every call
+    RATE_LIMITED = "rate_limited"
+
+    @property
+    def redeliver(self) -> bool:
+        """True if Event Grid should deliver this event again (the route answers 503)."""
+        return self in {Admission.NOT_READY, Admission.DRAINING, Admission.RATE_LIMITED}
 
 
 class ControlPlane:
@@ -57,6 +75,10 @@ class ControlPlane:
         public_base_url: str,
         max_concurrent_calls: int,
         timeouts: ControlTimeouts | None = None,
+        answer_bucket: TokenBucket | None = None,
+        loop_lag: LoopLag | None = None,
+        max_loop_lag_s: float = math.inf,
+        overflow_target: str = "",
         enable_dtmf_tones: bool = True,
         connect_model: ModelConnector | None = None,
     ) -> None:
@@ -68,7 +90,17 @@ class ControlPlane:
         self._timeouts = ControlTimeouts() if timeouts is None else timeouts
         self._supervisor = CallSupervisor(rest, self._timeouts, enable_dtmf_tones=enable_dtmf_tones)
         self._controls: dict[str, RecordControl] = {}
+        self._bucket = answer_bucket
+        self._loop_lag = loop_lag
+        self._max_loop_lag_s = max_loop_lag_s
+        self._overflow_target = overflow_target
+        self._pending_rejects = 0
+        #: Every record by its callback token (live calls and answer-failed tombstones).
         self.calls: dict[str, CallRecord] = {}
+        #: media token -> callback token.
+        self._media_tokens: dict[str, str] = {}
+        #: Digests of the callback tokens of recently ended calls (late callbacks get 200, not 404).
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._nursery: trio.Nursery | None = None
         self._idle = trio.Event()
@@ -96,11 +128,21 @@ class ControlPlane:
         self._closed.set()
 
     @property
+    def live_calls(self) -> int:
+        """Calls that count against the limit (answer-failed tombstones do not)."""
+        return sum(not record.answer_failed for record in self.calls.values())
+
+    @property
+    def overloaded(self) -> bool:
+        return self._loop_lag is not None and self._loop_lag.lag_s > self._max_loop_lag_s
+
+    @property
     def ready(self) -> bool:
         return (
             self._nursery is not None
             and not self.draining
-            and len(self.calls) + self.other_calls() < self._max_calls
+            and self.live_calls + self.other_calls() < self._max_calls
+            and not self.overloaded
         )
 
     async def wait_idle(self) -> None:
@@ -129,14 +171,14 @@ class ControlPlane:
         return f"{self._base}/api/callbacks/{token}"
 
     def transport_url(self, token: str) -> str:
-        """https→wss, http→ws, + ``/ws/{token}`` (contract, "Wire facts")."""
+        """https→wss, http→ws, + ``/ws/{token}`` (contract, "Wire facts"); the *media* token."""
         if self._base.startswith("https://"):
             return "wss://" + self._base.removeprefix("https://") + f"/ws/{token}"
         return "ws://" + self._base.removeprefix("http://") + f"/ws/{token}"
 
     # -- admission ---------------------------------------------------------------------------
 
-    def admit(self, incoming: IncomingCall) -> str:
+    def admit(self, incoming: IncomingCall) -> Admission:
         """Decide about one IncomingCall without waiting; answering continues in the background."""
         keys = (
             "id:" + _digest(incoming.event_id),
@@ -144,22 +186,32 @@ class ControlPlane:
         )
         if any(key in self._seen for key in keys):
             return Admission.DUPLICATE
+        nursery = self._nursery
+        if nursery is None:
+            return Admission.NOT_READY
+        if self.draining:
+            return Admission.DRAINING
+        if self.live_calls + self.other_calls() >= self._max_calls:
+            self._turn_away(nursery, incoming, Admission.FULL)
+            return Admission.FULL
+        if self.overloaded:
+            self._turn_away(nursery, incoming, Admission.OVERLOADED)
+            return Admission.OVERLOADED
+        if self._bucket is not None and not self._bucket.try_take():
+            return Admission.RATE_LIMITED
+        # Only admitted calls are remembered: a redelivery of a refused one must get through.
         for key in keys:
             self._seen[key] = None
         while len(self._seen) > SEEN_EVENTS_MAX:
             self._seen.popitem(last=False)
-        if self._nursery is None:
-            return Admission.NOT_READY
-        if self.draining:
-            return Admission.DRAINING
-        if len(self.calls) + self.other_calls() >= self._max_calls:
-            return Admission.FULL
-        token = secrets.token_urlsafe(32)
-        pending_id = f"pending-{incoming.server_call_id[-12:] or incoming.event_id[:12]}"
+        token, media_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        pending_id = f"pending-{id_chars(incoming.server_call_id[-12:] or incoming.event_id[:12])}"
         record = CallRecord(
             token=token,
-            handle=CallHandle(CallIds(pending_id, incoming.correlation_id)),
+            # On every log line of the call: only id characters (the webhook's input).
+            handle=CallHandle(CallIds(pending_id, id_chars(incoming.correlation_id))),
             incoming=incoming,
+            media_token=media_token,
         )
         record.handle.caller = incoming.caller
         control = RecordControl(record, self._rest, rest_timeout_s=self._timeouts.answer_s)
@@ -168,50 +220,126 @@ class ControlPlane:
             record.predial = PreDial(self._connect_model)
         # Registered BEFORE answer_call: the media socket may connect before it returns.
         self.calls[token] = record
+        self._media_tokens[media_token] = token
         self._idle = trio.Event() if self._idle.is_set() else self._idle
-        self._nursery.start_soon(self._supervise, record)
+        nursery.start_soon(self._supervise, record)
         return Admission.ANSWERING
+
+    def _turn_away(self, nursery: trio.Nursery, incoming: IncomingCall, why: Admission) -> None:
+        """No caller left ringing: reject as busy, or redirect to the overflow target."""
+        if self._pending_rejects >= MAX_PENDING_REJECTS:
+            logger.warning("%s: %d rejections already in flight; this one is skipped", why,
+                           self._pending_rejects)  # fmt: skip
+            return
+        self._pending_rejects += 1
+        nursery.start_soon(self._reject, incoming, why)
+
+    async def _reject(self, incoming: IncomingCall, why: Admission) -> None:
+        target = self._overflow_target
+        action = f"redirect to {clip(target)}" if target else "reject (busy)"
+        try:
+            with trio.fail_after(self._timeouts.answer_s):
+                if target:
+                    await self._rest.redirect_call(incoming.incoming_call_context, target)
+                else:
+                    await self._rest.reject_call(incoming.incoming_call_context)
+        except (AcsRestError, trio.TooSlowError) as exc:
+            logger.warning("%s call event=%s: %s failed: %r", why, clip(incoming.event_id),
+                           action, exc)  # fmt: skip
+        else:
+            logger.info("%s call event=%s: %s", why, clip(incoming.event_id), action)
+        finally:
+            self._pending_rejects -= 1
 
     # -- the media route and callbacks ---------------------------------------------------------
 
-    def claim_media(self, token: str, call_connection_id: str) -> CallRecord | str:
+    def knows_media_token(self, media_token: str) -> bool:
+        return media_token in self._media_tokens
+
+    def knows_token(self, token: str) -> bool:
+        return token in self.calls
+
+    def recently_ended(self, token: str) -> bool:
+        """True for the callback token of one of the last SEEN_EVENTS_MAX ended calls."""
+        return _digest(token) in self._ended
+
+    def claim_media(self, media_token: str, call_connection_id: str) -> CallRecord | str:
         """Bind the media socket to its call, or say why it is refused (a log-ready reason).
 
-        A token works once: a second socket for a live call is refused, and so is one for a call
-        that has already been asked to end.
+        A token serves one live socket: a second socket while the first is open is refused, and
+        so is one for a call that has already been asked to end.  After the socket has closed
+        from ACS's side, ACS may re-establish it within the disconnect grace (same
+        ``x-ms-call-connection-id``, a fresh JWT checked by the route): the call resumes.  A
+        socket for an answer that failed or timed out is refused and makes the supervisor hang
+        the call up (ACS did answer it after all).
         """
-        record = self.calls.get(token)
+        record = self.calls.get(self._media_tokens.get(media_token, ""))
         if record is None:
             return "unknown or finished call token"
-        if record.media_attached:
-            return f"{record.ids}: token already used by a media socket"
+        if record.answer_failed:
+            record.adopt_connection_id(call_connection_id)
+            record.late_connection.set()
+            return f"{record.ids}: answer_call had failed; hanging the call up"
         if record.stop_requested.is_set():
             return f"{record.ids}: call is already ending"
+        if record.media_attached:
+            return self._resume_media(record, call_connection_id)
         if not record.adopt_connection_id(call_connection_id):
-            return f"{record.ids}: x-ms-call-connection-id {call_connection_id!r} does not match"
+            return (
+                f"{record.ids}: x-ms-call-connection-id {clip(call_connection_id)} does not match"
+            )
         record.media_attached = True
         record.media_connected.set()
         return record
 
-    def on_callback(self, token: str, event: CallbackEvent) -> None:
-        """Apply one Call Automation event to its call (docs/protocols/acs.md §3); never to another."""
-        record = self.calls.get(token)
-        if record is None:
-            logger.info(
-                "callback %s for an unknown or ended call (call_connection_id=%s corr=%s): ignored",
-                event.name,
-                event.call_connection_id,
-                event.correlation_id or "-",
+    @staticmethod
+    def _resume_media(record: CallRecord, call_connection_id: str) -> CallRecord | str:
+        if not (record.resume_window_open and record.media_done.is_set()):
+            return f"{record.ids}: token already used by a media socket"
+        if not call_connection_id or call_connection_id != record.call_connection_id:
+            return (
+                f"{record.ids}: re-established media socket names x-ms-call-connection-id "
+                f"{clip(call_connection_id)}, not this call's"
             )
-            return
+        record.media_done = trio.Event()
+        record.summary = None
+        record.handle.restart()
+        record.media_resumed.set()
+        return record
+
+    def on_callback(self, token: str, event: CallbackEvent) -> bool:
+        """Apply one Call Automation event to its call (docs/protocols/acs.md §3); never to another.
+
+        False if ``token`` names no call we know (the route answers 404).
+        """
+        record = self.calls.get(token)
+        if record is None and self.recently_ended(token):
+            # A late event for a call that just ended (e.g. CallDisconnected after a transfer).
+            logger.info("callback %s for an ended call: ignored", clip(event.name))
+            return True
+        if record is None:
+            logger.warning(
+                "callback %s for an unknown call (call_connection_id=%s corr=%s): 404",
+                clip(event.name),
+                clip(event.call_connection_id),
+                clip(event.correlation_id or "-"),
+            )
+            return False
         if not record.adopt_connection_id(event.call_connection_id):
             logger.warning(
                 "%s callback %s names call_connection_id=%s: not this call, ignored",
                 record.ids,
-                event.name,
-                event.call_connection_id,
+                clip(event.name),
+                clip(event.call_connection_id),
             )
-            return
+            return True
+        if record.answer_failed:
+            # ACS answered after all (a JWT-valid callback carries its connection id): hang up.
+            logger.warning("%s %s after a failed answer: hanging up", record.ids, clip(event.name))
+            record.late_connection.set()
+            if event.name == "CallDisconnected":
+                record.call_disconnected.set()
+            return True
         name = event.name
         if name == "CallDisconnected":
             logger.info("%s CallDisconnected", record.ids)
@@ -245,7 +373,10 @@ class ControlPlane:
         elif name.endswith("Failed"):
             logger.warning("%s %s result=%s", record.ids, name, event.result_summary())
         else:
-            logger.info("%s %s (not acted on) result=%s", record.ids, name, event.result_summary())
+            logger.info(
+                "%s %s (not acted on) result=%s", record.ids, clip(name), event.result_summary()
+            )
+        return True
 
     # -- one call's supervisor -----------------------------------------------------------------
 
@@ -257,11 +388,15 @@ class ControlPlane:
                 await self._supervisor.run(
                     record,
                     callback_url=self.callback_url(record.token),
-                    transport_url=self.transport_url(record.token),
+                    transport_url=self.transport_url(record.media_token),
                 )
                 nursery.cancel_scope.cancel()  # the call is over: drop an unused early socket
         finally:
             del self.calls[record.token]
+            del self._media_tokens[record.media_token]
+            self._ended[_digest(record.token)] = None
+            while len(self._ended) > SEEN_EVENTS_MAX:
+                self._ended.popitem(last=False)
             del self._controls[record.token]
             if not self.calls:
                 self._idle.set()

@@ -24,7 +24,13 @@ from quart_trio.wrappers.websocket import TrioWebsocket
 from ..config import MEDIA_DISCONNECT_GRACE_S
 from ..errors import MediaClosed
 
-__all__ = ["AcsTrioApp", "MediaWebsocket", "QuartMediaSocket"]
+__all__ = ["AcsTrioApp", "MediaWebsocket", "QuartMediaSocket", "redacted_path", "request_path"]
+
+
+def request_path() -> str:
+    """The current request's or websocket's path for log lines, secrets cut short."""
+    path: str = websocket.path if has_websocket_context() else request.path
+    return redacted_path(path)
 
 
 class MediaWebsocket(TrioWebsocket):

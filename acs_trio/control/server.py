@@ -23,11 +23,20 @@ from functools import partial
 from typing import Any
 
 import trio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.protocol import ws_stream
 from hypercorn.trio import serve as hypercorn_serve
 
-from ..config import GRACEFUL_TIMEOUT_S, WEBSOCKET_MAX_MESSAGE_BYTES, Settings
+from ..config import (
+    GRACEFUL_TIMEOUT_S,
+    READ_TIMEOUT_S,
+    TCP_KEEPALIVE_IDLE_S,
+    TCP_KEEPALIVE_INTERVAL_S,
+    TCP_KEEPALIVE_PROBES,
+    TCP_USER_TIMEOUT_S,
+    WEBSOCKET_MAX_MESSAGE_BYTES,
+    Settings,
+)
 from ..errors import ConfigError
 from .app import create_app
 from .logs import configure_logging
@@ -35,6 +44,7 @@ from .quart_media import AcsTrioApp
 
 __all__ = [
     "Launch",
+    "ServerConfig",
     "check_listen_address",
     "decline_permessage_deflate",
     "hypercorn_config",
@@ -43,17 +53,52 @@ __all__ = [
     "prepare",
     "run_server",
     "serve",
+    "tune_tcp_socket",
 ]
 
 logger = logging.getLogger(__name__)
 
 
+def tune_tcp_socket(sock: socket.socket) -> None:
+    """TCP_USER_TIMEOUT and keepalive on a listening socket; Linux copies them to every accepted
+    connection, so a peer that stops reading (or vanishes) is cut after ``TCP_USER_TIMEOUT_S``
+    instead of the kernel's ~15 minutes of retransmissions.  That is what makes the call's close
+    deadlines hold: hypercorn shields ``send_all`` with no deadline of its own.
+    """
+    if sock.family not in {socket.AF_INET, socket.AF_INET6}:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    options = [
+        ("TCP_USER_TIMEOUT", int(TCP_USER_TIMEOUT_S * 1000)),
+        ("TCP_KEEPIDLE", TCP_KEEPALIVE_IDLE_S),
+        ("TCP_KEEPINTVL", TCP_KEEPALIVE_INTERVAL_S),
+        ("TCP_KEEPCNT", TCP_KEEPALIVE_PROBES),
+    ]
+    for name, value in options:
+        option = getattr(socket, name, None)  # Linux has them all; others may not
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+class ServerConfig(Config):
+    """hypercorn's Config whose listening sockets get :func:`tune_tcp_socket`."""
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            tune_tcp_socket(sock)
+        return sockets
+
+
 def hypercorn_config(host: str, port: int) -> Config:
     """hypercorn settings for this server (and :func:`decline_permessage_deflate`)."""
     decline_permessage_deflate()
-    config = Config()
+    config = ServerConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
+    # No read deadline by default: a client trickling a request (or idling on a socket) would
+    # hold a connection forever.  ACS media sends a frame every 20 ms, so this never cuts a call.
+    config.read_timeout = int(READ_TIMEOUT_S)  # hypercorn types it as int
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
     config.accesslog = None  # one line per 20 ms frame would be noise; calls log their own lines
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -154,6 +199,7 @@ def prepare(argv: list[str], *, need_model: bool = True) -> Launch | int:
     try:
         settings = Settings.from_env()
         settings.require_acs()
+        settings.require_incoming_call_secret()
         if need_model:
             settings.require_model()
     except ConfigError as exc:

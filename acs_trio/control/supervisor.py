@@ -20,10 +20,16 @@ import trio
 
 from ..call.lifecycle import CallHandle, CallIds, CallSummary, EndReason
 from ..call.predial import PreDial
-from ..config import HANG_UP_FIRST_RETRY_S, HANG_UP_MAX_RETRY_S, ControlTimeouts
+from ..config import (
+    HANG_UP_FIRST_RETRY_S,
+    HANG_UP_MAX_RETRY_S,
+    LATE_ANSWER_WATCH_S,
+    ControlTimeouts,
+)
 from ..errors import AcsRestError
 from ..wire.webhook import IncomingCall
 from .acs_rest import AcsRest
+from .log_safe import clip
 from .logs import call_context
 
 __all__ = ["CallRecord", "CallSupervisor", "wait_any"]
@@ -33,9 +39,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class CallRecord:
-    token: str
+    #: The callback URL's token (a secret: never in a repr or a log line).
+    token: str = field(repr=False)
     handle: CallHandle
-    incoming: IncomingCall
+    incoming: IncomingCall = field(repr=False)
     call_connection_id: str = ""
     media_attached: bool = False
     summary: CallSummary | None = None
@@ -46,6 +53,18 @@ class CallRecord:
     stop_requested: trio.Event = field(default_factory=trio.Event)
     media_connected: trio.Event = field(default_factory=trio.Event)
     media_done: trio.Event = field(default_factory=trio.Event)
+    #: The media URL's token: separate from the callback's, so a leaked callback URL (proxy logs,
+    #: ACS diagnostics) does not open the media route.
+    media_token: str = field(default="", repr=False)
+    #: answer_call failed or timed out without a definite "no": kept only to hang up the call if
+    #: ACS turns out to have answered it (``late_connection``); never counted as a live call.
+    answer_failed: bool = False
+    late_connection: trio.Event = field(default_factory=trio.Event)
+    #: While True, ACS may re-establish the media socket (same connection id, fresh JWT).
+    resume_window_open: bool = False
+    media_resumed: trio.Event = field(default_factory=trio.Event)
+    #: Media sockets accepted so far for this call (more than one: ACS re-established it).
+    media_sockets: int = 0
     #: The model socket dialled at admission (issue 10); the media route's run_call adopts it.
     predial: PreDial | None = None
 
@@ -106,8 +125,8 @@ class CallSupervisor:
         logger.info(
             "%s answering caller=%s server_call_id=%s",
             record.ids,
-            incoming.caller,
-            incoming.server_call_id,
+            clip(incoming.caller),
+            clip(incoming.server_call_id),
         )
         try:
             with trio.fail_after(self._timeouts.answer_s):
@@ -118,10 +137,18 @@ class CallSupervisor:
                     enable_dtmf_tones=self._dtmf,
                 )
         except AcsRestError as exc:
-            return self._answer_failed(record, f"answer_call failed: {exc}")
+            status = exc.status_code
+            # A 4xx (but 408/429) is ACS's definite "not answered"; anything else may hide an
+            # answer that went through.
+            definite = status is not None and 400 <= status < 500 and status not in {408, 429}
+            return await self._answer_failed(
+                record, f"answer_call failed: {exc}", maybe_answered=not definite
+            )
         except trio.TooSlowError:
-            return self._answer_failed(
-                record, f"answer_call timed out after {self._timeouts.answer_s:.1f}s"
+            return await self._answer_failed(
+                record,
+                f"answer_call timed out after {self._timeouts.answer_s:.1f}s",
+                maybe_answered=True,
             )
         if not record.adopt_connection_id(answered.call_connection_id):
             logger.warning(
@@ -132,13 +159,15 @@ class CallSupervisor:
         logger.info("%s answered", record.ids)
         return True
 
-    @staticmethod
-    def _answer_failed(record: CallRecord, what: str) -> bool:
+    async def _answer_failed(self, record: CallRecord, what: str, *, maybe_answered: bool) -> bool:
         """True if the call must be followed anyway (it is connected), else drop it.
 
         The media socket (or a callback) can arrive before ``answer_call`` returns; if it did,
         the call is up whatever the answer said, and dropping the record would leave a caller
-        in dead air with nobody to act on its CallDisconnected or hang it up.
+        in dead air with nobody to act on its CallDisconnected or hang it up.  If nothing has
+        arrived yet but ACS may still have answered (a timeout, a 5xx, a network error), the
+        record stays for ``LATE_ANSWER_WATCH_S`` as a tombstone: a late media socket or a
+        JWT-valid callback for it means the caller is connected to nobody, so hang up.
         """
         if record.media_attached or record.call_connection_id:
             logger.warning(
@@ -148,17 +177,34 @@ class CallSupervisor:
                 what,
             )
             return True
-        logger.warning("%s %s; call dropped", record.ids, what)
+        if not maybe_answered:
+            logger.warning("%s %s; call dropped", record.ids, what)
+            return False
+        record.answer_failed = True
+        if record.predial is not None:
+            record.predial.release()  # no call will run: do not hold a model socket for it
+        logger.warning(
+            "%s %s; watching %.0fs for a late connection to hang up", record.ids, what,
+            LATE_ANSWER_WATCH_S,
+        )  # fmt: skip
+        with trio.move_on_after(LATE_ANSWER_WATCH_S):
+            await wait_any(record.late_connection, record.stop_requested)
+        if record.late_connection.is_set() and not record.disconnected:
+            await self._hang_up(record, f"ACS connected the call after {what}")
         return False
 
     async def _follow(self, record: CallRecord) -> None:
         with trio.move_on_after(self._timeouts.media_connect_s) as waited:
             await wait_any(record.media_connected, record.stop_requested)
         if record.media_connected.is_set():
-            if await self._media_finished(record):
-                why = await self._hang_up_reason(record)
-            else:
-                why = None if record.disconnected else "media handler did not finish"
+            while True:
+                if await self._media_finished(record):
+                    why = await self._hang_up_reason(record)
+                else:
+                    why = None if record.disconnected else "media handler did not finish"
+                if why is not _RESUMED:
+                    break
+                logger.info("%s media socket re-established: the call resumes", record.ids)
         elif waited.cancelled_caught:
             record.end(EndReason.MEDIA_TIMEOUT, "media socket never connected")
             why = f"media socket did not connect within {self._timeouts.media_connect_s:.0f}s"
@@ -200,10 +246,19 @@ class CallSupervisor:
             # close.  CallDisconnected is ACS's word that it is (docs/protocols/acs.md §3).
             # A shutdown during the wait hangs up at once.
             grace = self._timeouts.disconnect_grace_s
-            with trio.move_on_after(grace):
-                await wait_any(record.call_disconnected, record.stop_requested)
+            record.resume_window_open = True
+            try:
+                with trio.move_on_after(grace):
+                    await wait_any(
+                        record.call_disconnected, record.stop_requested, record.media_resumed
+                    )
+            finally:
+                record.resume_window_open = False
             if record.call_disconnected.is_set():  # (not .disconnected: mypy narrows it)
                 return None
+            if record.media_resumed.is_set():
+                record.media_resumed = trio.Event()
+                return _RESUMED
             return f"media socket closed and no CallDisconnected within {grace:.0f}s"
         if summary.end_reason.caller_gone:
             return None
@@ -257,6 +312,10 @@ class CallSupervisor:
             return True
         logger.info("%s hung up", record.ids)
         return False
+
+
+#: :meth:`CallSupervisor._hang_up_reason`'s answer when ACS re-established the media socket.
+_RESUMED = "(media resumed)"
 
 
 async def wait_any(*events: trio.Event) -> None:

@@ -53,7 +53,8 @@ class ValidationRequest:
 @dataclass(frozen=True)
 class IncomingCall:
     event_id: str
-    incoming_call_context: str
+    #: A bearer credential for answering this call: never in a repr.
+    incoming_call_context: str = field(repr=False)
     correlation_id: str
     server_call_id: str
     caller: str

@@ -26,6 +26,7 @@ from acs_trio.config import (
     ModelEndpoint,
     ServerSettings,
     Settings,
+    WebhookSettings,
 )
 from acs_trio.control.app import create_app
 from acs_trio.errors import ConfigError
@@ -37,6 +38,7 @@ from tests.acs_service import (
     callback_event,
     incoming_call_event,
 )
+from tests.control.test_app import SECRET, WEBHOOK
 from tests.fakes import FakeModel, pcm_tone
 
 
@@ -53,6 +55,7 @@ def settings(actions: ActionSettings) -> Settings:
         ),
         server=ServerSettings(shutdown_grace_s=0.05),
         actions=actions,
+        webhook=WebhookSettings(incoming_call_secret=SECRET),
     )
 
 
@@ -103,10 +106,12 @@ async def server(
 @asynccontextmanager
 async def media(srv: Server) -> AsyncIterator[None]:
     """ACS's media socket: AudioMetadata, then record what the server sends until it closes."""
-    response = await srv.client.post("/api/incomingCall", json=[incoming_call_event("e", "ctx")])
+    response = await srv.client.post(
+        "/api/incomingCall", json=[incoming_call_event("e", "ctx")], headers=WEBHOOK
+    )
     assert response.status_code == 200
     await trio.testing.wait_all_tasks_blocked()
-    path = f"/ws/{srv.acs.token_of(1)}"
+    path = f"/ws/{srv.acs.media_token_of(1)}"
     async with (
         srv.client.websocket(path, headers={"Authorization": srv.acs.signer.bearer()}) as ws,
         trio.open_nursery() as nursery,
@@ -244,7 +249,9 @@ async def test_dtmf_setting_reaches_the_answer(
 ) -> None:
     for enabled in (True, False):
         async with server(nursery, ActionSettings(dtmf_enabled=enabled)) as srv:
-            await srv.client.post("/api/incomingCall", json=[incoming_call_event("e", "ctx")])
+            await srv.client.post(
+                "/api/incomingCall", json=[incoming_call_event("e", "ctx")], headers=WEBHOOK
+            )
             await trio.testing.wait_all_tasks_blocked()
             [answer] = srv.acs.answers
             assert answer["mediaStreamingOptions"]["enableDtmfTones"] is enabled

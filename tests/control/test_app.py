@@ -19,7 +19,14 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 
 from acs_trio.call.lifecycle import CallHandle, CallSummary, EndReason
 from acs_trio.call.media_socket import MediaSocket
-from acs_trio.config import AcsSettings, ControlTimeouts, ModelEndpoint, ServerSettings, Settings
+from acs_trio.config import (
+    AcsSettings,
+    ControlTimeouts,
+    ModelEndpoint,
+    ServerSettings,
+    Settings,
+    WebhookSettings,
+)
 from acs_trio.control.app import create_app
 from acs_trio.control.control_plane import ControlPlane
 from acs_trio.errors import MediaClosed
@@ -34,9 +41,12 @@ from tests.acs_service import (
 )
 
 BASE = "https://bot.test"
+SECRET = "s3cret-for-the-webhook-0123456789"
+#: How Event Grid sends the secret when the subscription has the delivery property.
+WEBHOOK = {"X-Incoming-Call-Secret": SECRET}
 
 
-def settings(*, max_calls: int = 10, grace_s: float = 0.05) -> Settings:
+def settings(*, max_calls: int = 10, grace_s: float = 0.05, **webhook: Any) -> Settings:
     return Settings(
         model=ModelEndpoint(url="ws://127.0.0.1:9/v1/realtime"),
         acs=AcsSettings(
@@ -47,6 +57,7 @@ def settings(*, max_calls: int = 10, grace_s: float = 0.05) -> Settings:
             jwt_issuer=ISSUER,
         ),
         server=ServerSettings(max_concurrent_calls=max_calls, shutdown_grace_s=grace_s),
+        webhook=WebhookSettings(incoming_call_secret=SECRET, **webhook),
     )
 
 
@@ -105,13 +116,14 @@ class Harness:
 
     async def call_dies(self, n: int) -> None:
         """The n-th answered call's media socket opens, then the call ends on our side."""
-        async with self.client.websocket(f"/ws/{self.acs.token_of(n)}", headers=self.auth()) as ws:
+        path = f"/ws/{self.acs.media_token_of(n)}"
+        async with self.client.websocket(path, headers=self.auth()) as ws:
             await ws.send("die")
             with pytest.raises(WebsocketDisconnectError):
                 await ws.receive()
 
     async def incoming(self, *events: dict[str, Any]) -> Any:
-        response = await self.client.post("/api/incomingCall", json=list(events))
+        response = await self.client.post("/api/incomingCall", json=list(events), headers=WEBHOOK)
         await trio.testing.wait_all_tasks_blocked()  # let the answer tasks run
         return response
 
@@ -124,8 +136,8 @@ class Harness:
 
 
 @asynccontextmanager
-async def _harness(**kwargs: Any) -> AsyncIterator[Harness]:
-    acs, calls = FakeAcsService(), StandInCalls()
+async def _harness(acs: FakeAcsService | None = None, **kwargs: Any) -> AsyncIterator[Harness]:
+    acs, calls = acs or FakeAcsService(), StandInCalls()
     app = create_app(
         settings(**kwargs),
         http_transport=acs.transport,
@@ -157,20 +169,33 @@ async def test_event_grid_validation_returns_the_code(h: Harness) -> None:
         "dataVersion": "1",
     }
     response = await h.client.post(
-        "/api/incomingCall", json=[event], headers={"aeg-event-type": "SubscriptionValidation"}
+        f"/api/incomingCall?code={SECRET}",  # the secret in the endpoint URL
+        json=[event],
+        headers={"aeg-event-type": "SubscriptionValidation"},
     )
     assert response.status_code == 200
     assert await response.get_json() == {"validationResponse": "512d38b6"}
+    # Without the secret nobody can subscribe this endpoint (their own Event Grid topic).
+    for query in ("", "?code=wrong"):
+        anonymous = await h.client.post(
+            f"/api/incomingCall{query}",
+            json=[event],
+            headers={"aeg-event-type": "SubscriptionValidation"},
+        )
+        assert anonymous.status_code == 401
+        assert "validationResponse" not in (await anonymous.get_data(as_text=True))
 
 
 async def test_cloudevents_options_handshake(h: Harness) -> None:
-    response = await h.client.options(
-        "/api/incomingCall", headers={"WebHook-Request-Origin": "eventgrid.azure.net"}
-    )
+    origin = {"WebHook-Request-Origin": "eventgrid.azure.net"}
+    response = await h.client.options("/api/incomingCall", headers={**origin, **WEBHOOK})
     assert response.status_code == 200
     assert response.headers["WebHook-Allowed-Origin"] == "eventgrid.azure.net"
     assert response.headers["WebHook-Allowed-Rate"] == "*"
-    assert (await h.client.options("/api/incomingCall")).status_code == 400
+    assert (await h.client.options("/api/incomingCall", headers=WEBHOOK)).status_code == 400
+    anonymous = await h.client.options("/api/incomingCall", headers=origin)
+    assert anonymous.status_code == 401
+    assert "WebHook-Allowed-Origin" not in anonymous.headers
 
 
 async def test_cloudevents_incoming_call_is_answered(h: Harness) -> None:
@@ -185,7 +210,7 @@ async def test_cloudevents_incoming_call_is_answered(h: Harness) -> None:
     response = await h.client.post(
         "/api/incomingCall",
         data=json.dumps([cloud]),
-        headers={"Content-Type": "application/cloudevents-batch+json"},
+        headers={"Content-Type": "application/cloudevents-batch+json", **WEBHOOK},
     )
     await trio.testing.wait_all_tasks_blocked()
     assert response.status_code == 200
@@ -199,13 +224,14 @@ async def test_incoming_call_answers_with_a_per_call_token(h: Harness) -> None:
     response = await h.incoming(incoming_call_event("e-1", "ctx-1"))
     assert response.status_code == 200
     [body] = h.acs.answers
-    token = h.acs.token_of(1)
-    assert len(token) >= 43  # secrets.token_urlsafe(32)
+    token, media_token = h.acs.token_of(1), h.acs.media_token_of(1)
+    assert len(token) >= 43 and len(media_token) >= 43  # secrets.token_urlsafe(32)
+    assert token != media_token  # a leaked callback URL does not open the media route
     assert body == {
         "incomingCallContext": "ctx-1",
         "callbackUri": f"{BASE}/api/callbacks/{token}",
         "mediaStreamingOptions": {
-            "transportUrl": f"wss://bot.test/ws/{token}",
+            "transportUrl": f"wss://bot.test/ws/{media_token}",
             "transportType": "websocket",
             "contentType": "audio",
             "audioChannelType": "mixed",
@@ -233,7 +259,7 @@ async def test_response_does_not_wait_for_a_slow_answer(
     h.acs.answer_gate = trio.Event()
     with trio.fail_after(0.1):
         response = await h.client.post(
-            "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")]
+            "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
         )
     assert response.status_code == 200
     h.acs.answer_gate.set()
@@ -269,8 +295,8 @@ async def test_call_disconnected_ends_only_its_own_call(h: Harness) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"), incoming_call_event("e-2", "ctx-2"))
     one, two = h.acs.token_of(1), h.acs.token_of(2)
     async with (
-        h.client.websocket(f"/ws/{one}", headers=h.auth()) as ws1,
-        h.client.websocket(f"/ws/{two}", headers=h.auth()) as ws2,
+        h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()) as ws1,
+        h.client.websocket(f"/ws/{h.acs.media_token_of(2)}", headers=h.auth()) as ws2,
     ):
         await ws1.send("hello")
         assert await ws1.receive() == "echo:hello"
@@ -299,11 +325,14 @@ async def test_callback_needs_a_valid_jwt(h: Harness) -> None:
     assert not h.plane.calls[token].stop_requested.is_set()
 
 
-async def test_callbacks_for_unknown_or_other_calls_change_nothing(h: Harness) -> None:
+async def test_callbacks_for_unknown_or_other_calls_change_nothing(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     token = h.acs.token_of(1)
     unknown = await h.callback("no-such-token", callback_event("CallDisconnected", "conn-1"))
-    assert unknown.status_code == 200
+    assert unknown.status_code == 404  # JWT-valid, but no call of ours: never a silent 200
+    assert "for an unknown call" in caplog.text
     wrong_id = await h.callback(token, callback_event("CallDisconnected", "conn-999"))
     assert wrong_id.status_code == 200
     assert not h.plane.calls[token].stop_requested.is_set()
@@ -340,12 +369,11 @@ async def refusal_status(client: Any, path: str, headers: dict[str, str]) -> int
 
 async def test_media_socket_is_refused_without_valid_credentials(h: Harness) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    token = h.acs.token_of(1)
     cases = [
         ("/ws/not-a-token", h.auth(), 403),
-        (f"/ws/{token}", {}, 401),
-        (f"/ws/{token}", h.auth(audience="someone-else"), 401),
-        (f"/ws/{token}", h.auth(lifetime_s=-3600), 401),
+        (f"/ws/{h.acs.media_token_of(1)}", {}, 401),
+        (f"/ws/{h.acs.media_token_of(1)}", h.auth(audience="someone-else"), 401),
+        (f"/ws/{h.acs.media_token_of(1)}", h.auth(lifetime_s=-3600), 401),
     ]
     for path, headers, status in cases:
         assert await refusal_status(h.client, path, headers) == status, path
@@ -354,11 +382,10 @@ async def test_media_socket_is_refused_without_valid_credentials(h: Harness) -> 
 
 async def test_a_token_serves_one_live_media_socket(h: Harness) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    token = h.acs.token_of(1)
-    async with h.client.websocket(f"/ws/{token}", headers=h.auth()) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()) as ws:
         await ws.send("hi")
         assert await ws.receive() == "echo:hi"
-        assert await refusal_status(h.client, f"/ws/{token}", h.auth()) == 403
+        assert await refusal_status(h.client, f"/ws/{h.acs.media_token_of(1)}", h.auth()) == 403
     assert len(h.calls.handles) == 1
 
 
@@ -367,7 +394,7 @@ async def test_media_may_connect_before_answer_returns(h: Harness) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     token = h.acs.token_of(1)
     headers = {**h.auth(), "x-ms-call-connection-id": "conn-1"}
-    async with h.client.websocket(f"/ws/{token}", headers=headers) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=headers) as ws:
         await ws.send("early")
         assert await ws.receive() == "echo:early"
         assert h.calls.handles[0].ids.call_id == "conn-1"
@@ -403,7 +430,7 @@ async def test_media_that_never_connects_is_hung_up(
         (b"not json", "application/json", 400),
         (b"{}", "text/plain", 415),
         (b'"a string"', "application/json", 400),
-        (b"[" + b" " * (1024 * 1024) + b"]", "application/json", 413),
+        (b"[" + b" " * (64 * 1024) + b"]", "application/json", 413),
         (b'[{"eventType": "Microsoft.Storage.BlobCreated", "data": {}}]', "application/json", 200),
         (b'[{"eventType": "Microsoft.Communication.IncomingCall"}]', "application/json", 200),
         (b'[{"eventType": "Microsoft.Communication.IncomingCall", "data": {}}]', "", 200),
@@ -424,7 +451,7 @@ async def test_bad_incoming_call_bodies(
     h: Harness, body: bytes, content_type: str, status: int
 ) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
-    response = await h.client.post("/api/incomingCall", data=body, headers=headers)
+    response = await h.client.post("/api/incomingCall", data=body, headers={**headers, **WEBHOOK})
     assert response.status_code == status
     assert h.acs.answers == []
 
@@ -464,7 +491,7 @@ async def test_shutdown_drains_then_ends_and_hangs_up_live_calls(
     async with _harness(grace_s=3) as h:
         await h.incoming(incoming_call_event("e-1", "ctx-1"))
         rt = h.app.extensions["acs_trio"]
-        async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+        async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()) as ws:
             await ws.send("hi")
             await ws.receive()
             async with trio.open_nursery() as nursery:
@@ -488,7 +515,9 @@ async def test_a_malformed_answer_body_drops_only_that_call(
 ) -> None:
     h.acs.answer_bodies = [body]
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    assert h.plane.calls == {}
+    # ACS said 200, so the call may be up: only a tombstone is kept, watching for its media.
+    assert [r.answer_failed for r in h.plane.calls.values()] == [True]
+    assert h.plane.live_calls == 0
     assert "answer_call failed" in caplog.text
     # The plane is still alive: the next call is answered, runs, and is hung up normally.
     assert (await h.client.get("/readyz")).status_code == 200
@@ -497,7 +526,7 @@ async def test_a_malformed_answer_body_drops_only_that_call(
     await h.call_dies(2)
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-2"]
-    assert h.plane.calls == {}
+    assert h.plane.live_calls == 0
 
 
 async def test_a_bug_in_one_supervisor_does_not_reach_other_calls(
@@ -526,7 +555,7 @@ async def test_media_close_then_call_disconnected_is_not_hung_up(
 ) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     token = h.acs.token_of(1)
-    async with h.client.websocket(f"/ws/{token}", headers=h.auth()) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()) as ws:
         await ws.send("hi")
         await ws.receive()
     await trio.sleep(2)  # the socket closed first; ACS's CallDisconnected follows
@@ -542,7 +571,7 @@ async def test_media_close_without_call_disconnected_is_hung_up(
 ) -> None:
     # A dropped socket (network, stream stop) looks like a caller close, but the call is still up.
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()) as ws:
         await ws.send("hi")
         await ws.receive()
     started = trio.current_time()
@@ -559,7 +588,7 @@ async def test_hang_up_of_an_already_ended_call_is_harmless(
 ) -> None:
     h.acs.hang_up_statuses = [404]
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()):
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()):
         pass
     await trio.sleep(10)
     assert h.acs.hang_up_attempts == ["conn-1"]
@@ -574,7 +603,7 @@ async def test_answer_error_after_media_attached_still_follows_the_call(
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     token = h.acs.token_of(1)
     headers = {**h.auth(), "x-ms-call-connection-id": "conn-1"}
-    async with h.client.websocket(f"/ws/{token}", headers=headers) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=headers) as ws:
         await ws.send("early")
         assert await ws.receive() == "echo:early"
         h.acs.answer_gate.set()  # the answer fails although the call is connected
@@ -593,7 +622,7 @@ async def test_answer_timeout_after_media_attached_still_hangs_up(
     h.acs.answer_gate = trio.Event()  # never answers
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     headers = {**h.auth(), "x-ms-call-connection-id": "conn-1"}
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=headers) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=headers) as ws:
         await trio.sleep(6)  # answer_s=5 passes
         assert h.plane.calls  # still followed
         await ws.send("die")  # the call ends on our side: it must be hung up
@@ -608,7 +637,7 @@ async def test_a_stuck_media_handler_does_not_delay_the_hang_up(
     h: Harness, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()) as ws:
         await ws.send("stuck")  # the call ends on our side, then a send blocks (shielded)
         started = trio.current_time()
         await h.plane.wait_idle()  # hung up and released
@@ -627,19 +656,26 @@ async def test_a_failed_accept_still_reports_media_done(
 
     monkeypatch.setattr(MediaWebsocket, "accept", broken_accept)
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    await refusal_status(h.client, f"/ws/{h.acs.token_of(1)}", h.auth())
+    await refusal_status(h.client, f"/ws/{h.acs.media_token_of(1)}", h.auth())
     await trio.sleep(1)
     assert h.acs.hang_ups == ["conn-1"]  # "media handler was cancelled": never dead air
     assert h.plane.calls == {}
 
 
 async def test_media_socket_without_keys_is_accepted_then_closed_1011(
-    h: Harness, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # docs/protocols/acs.md §5.2: auth failures are refused; other errors close with 1011.
-    h.acs.jwks_status = 503
+    acs = FakeAcsService()
+    acs.jwks_status = 503  # from start-up on
+    async with _harness(acs) as h:
+        await _media_without_keys(h, caplog)
+
+
+async def _media_without_keys(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    assert (await h.client.get("/readyz")).status_code == 503  # no keys: not ready
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()) as ws:
         with pytest.raises(WebsocketDisconnectError) as closed:
             await ws.receive()
     assert closed.value.args[0] == 1011
@@ -653,16 +689,16 @@ async def test_media_jwt_may_come_in_an_authentication_header(h: Harness) -> Non
     # docs/protocols/acs.md §5.2: the prose says "Authentication header", the sample reads Authorization.
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     headers = {"Authentication": h.acs.signer.bearer()}
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=headers) as ws:
+    async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=headers) as ws:
         await ws.send("hi")
         assert await ws.receive() == "echo:hi"
     assert len(h.calls.handles) == 1
 
 
 async def test_deeply_nested_json_is_400_on_both_webhooks(h: Harness) -> None:
-    body = b"[" * 200_000  # under 1 MiB; json.loads would raise RecursionError
+    body = b"[" * 60_000  # under 64 KiB; json.loads would raise RecursionError
     headers = {"Content-Type": "application/json"}
-    response = await h.client.post("/api/incomingCall", data=body, headers=headers)
+    response = await h.client.post("/api/incomingCall", data=body, headers={**headers, **WEBHOOK})
     assert response.status_code == 400
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     callback = await h.client.post(

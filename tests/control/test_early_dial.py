@@ -14,7 +14,7 @@ from acs_trio.config import ControlTimeouts
 from acs_trio.control.app import create_app
 from acs_trio.control.model_ws import WebsocketModelSocket
 from tests.acs_service import FakeAcsService, incoming_call_event
-from tests.control.test_app import StandInCalls, settings
+from tests.control.test_app import WEBHOOK, StandInCalls, settings
 from tests.fakes import FakeModel
 
 
@@ -54,12 +54,16 @@ async def test_a_refused_answer_releases_the_early_socket(nursery: trio.Nursery)
     model = CountingModel(nursery)
     async with serving(model) as (app, client, acs):
         acs.answer_status = 400
-        await client.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+        await client.post(
+            "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+        )
         await trio.testing.wait_all_tasks_blocked()
         assert app.extensions["acs_trio"].plane.calls == {}
         assert (model.opened, model.released) == (1, 1)
         # A duplicate delivery is not admitted: no second dial.
-        await client.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+        await client.post(
+            "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+        )
         await trio.testing.wait_all_tasks_blocked()
         assert model.opened == 1
 
@@ -69,7 +73,9 @@ async def test_media_that_never_connects_releases_the_early_socket(
 ) -> None:
     model = CountingModel(nursery)
     async with serving(model) as (app, client, acs):
-        await client.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+        await client.post(
+            "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+        )
         await trio.testing.wait_all_tasks_blocked()
         assert (model.opened, model.released) == (1, 0)  # dialled at admission, held
         await trio.sleep(31)  # media_connect_s passes: the call is hung up and dropped

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -31,7 +31,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from acs_trio.config import AcsSettings, ModelEndpoint, ServerSettings, Settings
+from acs_trio.config import AcsSettings, ModelEndpoint, ServerSettings, Settings, WebhookSettings
 from acs_trio.control.app import create_app
 from acs_trio.control.server import hypercorn_config, serve
 from acs_trio.errors import ConfigError
@@ -57,7 +57,12 @@ def _settings(model: ModelEndpoint | None) -> Settings:
             jwt_issuer=ISSUER,
         ),
         server=ServerSettings(shutdown_grace_s=0.5),
+        webhook=WebhookSettings(incoming_call_secret=SECRET),
     )
+
+
+SECRET = "e2e-webhook-secret-0123456789"
+WEBHOOK = {"X-Incoming-Call-Secret": SECRET}
 
 
 class FakeRealtime:
@@ -139,7 +144,7 @@ async def test_one_call_through_hypercorn(nursery: trio.Nursery) -> None:
             ready = await http.get("/readyz")
             assert ready.status_code == 200
             response = await http.post(
-                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")]
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
             )
             assert response.status_code == 200
             await acs.answer_seen.wait()  # answering runs after the 200, in the server's nursery
@@ -160,7 +165,7 @@ async def test_one_call_through_hypercorn(nursery: trio.Nursery) -> None:
                 trio.open_nursery() as ws_nursery,
             ):
                 ws = await wrap_client_stream(
-                    ws_nursery, stream, base, f"/ws/{token}", extra_headers=headers
+                    ws_nursery, stream, base, f"/ws/{acs.media_token_of(1)}", extra_headers=headers
                 )
                 caller = FakeAcs(ws)
                 await caller.send_metadata()
@@ -192,6 +197,7 @@ ACS_ENV = {
     "ACS_CONNECTION_STRING": "endpoint=https://acs.test/;accesskey=QUJDRA==",
     "PUBLIC_BASE_URL": "https://bot.test",
     "ACS_RESOURCE_ID": RESOURCE_ID,
+    "INCOMING_CALL_SECRET": SECRET,
 }
 
 
@@ -288,10 +294,232 @@ async def test_sigterm_drains_live_calls_then_stops(nursery: trio.Nursery) -> No
     with trio.fail_after(5):
         [bind] = await nursery.start(run_server)
         async with httpx.AsyncClient(base_url=bind, trust_env=False) as http:
-            await http.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+            await http.post(
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+            )
             await acs.answer_seen.wait()
         # (client closed first: hypercorn waits up to graceful_timeout for keep-alive sockets)
         os.kill(os.getpid(), signal.SIGTERM)
         await stopped.wait()
     # grace (0.5 s) passed, the unfinished call was ended for shutdown and hung up
     assert acs.hang_ups == ["conn-1"]
+
+
+async def test_an_oversized_media_message_ends_the_call_and_the_model_socket_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """hypercorn closes the media socket with 1009 on a 2 MB AudioData; the call must end too.
+
+    The peer here never answers that close and keeps streaming (a raw wsproto client).  Before
+    the fix the app never heard of the close: the call and its model socket lived on until
+    MEDIA_TIMEOUT_S (20 s).  Real hypercorn, real run_call, real sockets.
+    """
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    model = FakeRealtime()
+    model_server = await nursery.start(serve_websocket, model.handler, "127.0.0.1", 0, None)
+    model_url = f"ws://127.0.0.1:{model_server.port}/v1/realtime"
+    acs = FakeAcsService()
+    app = create_app(_settings(ModelEndpoint(url=model_url)), http_transport=acs.transport)
+    stop = trio.Event()
+    [bind] = await nursery.start(
+        partial(hypercorn_serve, app, hypercorn_config("127.0.0.1", 0), shutdown_trigger=stop.wait)
+    )
+    host, port = bind.replace("http://", "").rsplit(":", 1)
+    plane = app.extensions["acs_trio"].plane
+    with trio.fail_after(10):
+        async with httpx.AsyncClient(base_url=bind, trust_env=False) as http:
+            await http.post(
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+            )
+            await acs.answer_seen.wait()
+        await trio.sleep(0.05)  # the answer's result is applied
+        client = WSConnection(ConnectionType.CLIENT)
+        seen: list[Any] = []
+        async with (
+            await trio.open_tcp_stream(host, int(port)) as stream,
+            trio.open_nursery() as reader,
+        ):
+            headers = [
+                (b"authorization", acs.signer.bearer().encode()),
+                (b"x-ms-call-connection-id", b"conn-1"),
+            ]
+            target = f"/ws/{acs.media_token_of(1)}"
+            await stream.send_all(
+                client.send(Request(host=host, target=target, extra_headers=headers))
+            )
+
+            accepted = trio.Event()
+
+            async def read_events() -> None:
+                while data := await stream.receive_some():
+                    client.receive_data(data)
+                    seen.extend(client.events())  # never answers a close
+                    if any(isinstance(e, AcceptConnection) for e in seen):
+                        accepted.set()
+
+            reader.start_soon(read_events)
+            await accepted.wait()
+            fake = FakeAcs(cast(Any, None))
+            frame = {"kind": "AudioData", "audioData": {"data": base64.b64encode(
+                pcm_tone(20, 3000)).decode(), "silent": False}}  # fmt: skip
+            metadata = {"kind": "AudioMetadata", "audioMetadata": {
+                "subscriptionId": "s", "encoding": "PCM", "sampleRate": 24000, "channels": 1,
+                "length": fake.frame_bytes}}  # fmt: skip
+            await stream.send_all(client.send(TextMessage(json.dumps(metadata))))
+            await stream.send_all(client.send(TextMessage(json.dumps(frame))))
+            await trio.sleep(0.3)
+            # Encoded now: once the close arrives wsproto would refuse to send (the peer is deaf).
+            frame_bytes = client.send(TextMessage(json.dumps(frame)))
+            huge = dict(frame, audioData={"data": "A" * (2 * 2**20), "silent": False})
+            await stream.send_all(client.send(TextMessage(json.dumps(huge))))
+            sent_at = trio.current_time()
+            with trio.move_on_after(1.5):  # ACS goes on streaming, deaf to the close
+                while not model.closed.is_set():
+                    await stream.send_all(frame_bytes)
+                    await trio.sleep(0.02)
+            closes = [e for e in seen if isinstance(e, CloseConnection)]
+            assert [c.code for c in closes] == [1009]  # hypercorn's "message too big"
+            assert model.closed.is_set(), "the model socket outlived the media socket"
+            assert trio.current_time() - sent_at < 1.0
+            # The model socket closes inside run_call's cleanup; the summary is stored when
+            # run_call returns, a moment later (the ACS socket is closed last).
+            [record] = plane.calls.values()
+            with trio.fail_after(1):
+                await record.media_done.wait()
+            assert record.summary is not None and "1009" in record.summary.end_detail
+            reader.cancel_scope.cancel()
+    stop.set()
+
+
+async def test_serve_without_the_webhook_secret_fails_closed_before_listening() -> None:
+    env = _env(REALTIME_URL="ws://127.0.0.1:9/v1/realtime")
+    del env["INCOMING_CALL_SECRET"]
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "acs_trio", "serve", "--port", "1"],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    [line] = result.stderr.decode().strip().splitlines()
+    assert line.startswith("acs-trio serve: INCOMING_CALL_SECRET must be set")
+
+
+async def test_the_webhook_secret_is_checked_before_the_body_is_read(
+    nursery: trio.Nursery,
+) -> None:
+    """Headers announcing a 60 KiB body, and no body: the 401 comes without waiting for it."""
+    acs = FakeAcsService()
+    app = create_app(
+        _settings(ModelEndpoint(url="ws://127.0.0.1:9/v1/realtime")), http_transport=acs.transport
+    )
+    stop = trio.Event()
+    [bind] = await nursery.start(
+        partial(hypercorn_serve, app, hypercorn_config("127.0.0.1", 0), shutdown_trigger=stop.wait)
+    )
+    host, port = bind.replace("http://", "").rsplit(":", 1)
+    with trio.fail_after(2):  # far below BODY_TIMEOUT_S (5 s): nobody waited for the body
+        async with await trio.open_tcp_stream(host, int(port)) as stream:
+            await stream.send_all(
+                b"POST /api/incomingCall HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 61440\r\n\r\n"
+            )
+            reply = await stream.receive_some()
+    assert reply.startswith(b"HTTP/1.1 401")
+    assert acs.answers == []
+    stop.set()
+
+
+def test_accepted_sockets_inherit_tcp_user_timeout_and_keepalive() -> None:
+    from acs_trio.config import TCP_USER_TIMEOUT_S
+    from acs_trio.control.server import ServerConfig
+
+    config = ServerConfig()
+    config.bind = ["127.0.0.1:0"]
+    sockets = config.create_sockets()
+    [listener] = sockets.insecure_sockets
+    try:
+        listener.listen()
+        with socket.create_connection(listener.getsockname()[:2]):
+            accepted, _ = listener.accept()
+            with accepted:
+                user_timeout = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                assert user_timeout == int(TCP_USER_TIMEOUT_S * 1000)
+                assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    finally:
+        listener.close()
+
+
+async def test_a_re_established_media_socket_resumes_the_real_call(nursery: trio.Nursery) -> None:
+    """Through hypercorn with the real run_call: ACS drops the media socket (TCP gone, no close
+    handshake) and opens it again 0.5 s later with the same x-ms-call-connection-id and a fresh
+    JWT.  The call resumes on a new model session (no second greeting) and nobody hangs up."""
+    model = FakeRealtime()
+    model_server = await nursery.start(serve_websocket, model.handler, "127.0.0.1", 0, None)
+    model_url = f"ws://127.0.0.1:{model_server.port}/v1/realtime"
+    acs = FakeAcsService()
+    app = create_app(_settings(ModelEndpoint(url=model_url)), http_transport=acs.transport)
+    stop = trio.Event()
+    [bind] = await nursery.start(
+        partial(hypercorn_serve, app, hypercorn_config("127.0.0.1", 0), shutdown_trigger=stop.wait)
+    )
+    base = bind.replace("http://", "")
+    host, port = base.rsplit(":", 1)
+    plane = app.extensions["acs_trio"].plane
+
+    async def media_session(drop: bool) -> None:
+        headers = [
+            (b"authorization", acs.signer.bearer().encode()),  # a fresh JWT each time
+            (b"x-ms-call-connection-id", b"conn-1"),
+        ]
+        async with (
+            await trio.open_tcp_stream(host, int(port)) as stream,
+            trio.open_nursery() as ws_nursery,
+        ):
+            ws = await wrap_client_stream(
+                ws_nursery, stream, base, f"/ws/{acs.media_token_of(1)}", extra_headers=headers
+            )
+            caller = FakeAcs(ws)
+            await caller.send_metadata()
+            model.appended = trio.Event()
+            for _ in range(5):
+                await caller.send_frame(pcm_tone(20, 3000))
+            await model.appended.wait()  # this session's caller audio reached a model
+            if drop:
+                await stream.aclose()  # the network drops: no close frame
+            else:
+                await _until_closed(ws)
+            ws_nursery.cancel_scope.cancel()
+
+    with trio.fail_after(15):
+        async with httpx.AsyncClient(base_url=bind, trust_env=False) as http:
+            await http.post(
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+            )
+            await acs.answer_seen.wait()
+            await trio.sleep(0.05)
+            await media_session(drop=True)
+            await trio.sleep(0.5)
+            async with trio.open_nursery() as second:
+                second.start_soon(media_session, False)
+                await trio.sleep(6)  # past the 5 s disconnect grace: the call is still up
+                assert acs.hang_up_attempts == []
+                [record] = plane.calls.values()
+                assert record.media_sockets == 2
+                hung_up = await http.post(
+                    f"/api/callbacks/{acs.token_of(1)}",
+                    json=[callback_event("CallDisconnected", "conn-1")],
+                    headers={"Authorization": acs.signer.bearer()},
+                )
+                assert hung_up.status_code == 200
+            await plane.wait_idle()
+    sessions = [e for e in model.seen if e["type"] == "session.update"]
+    greetings = [e for e in model.seen if e["type"] == "response.create"]
+    assert len(sessions) >= 2  # the resumed call has its own model session
+    assert len(greetings) == 1  # and is not greeted twice
+    assert acs.hang_up_attempts == []
+    stop.set()

@@ -35,7 +35,7 @@ from acs_trio.control.app import create_app
 from acs_trio.control.softphone import BrowserCall, SoftphoneCalls, create_phone_app
 from acs_trio.errors import ConfigError
 from tests.acs_service import FakeAcsService, incoming_call_event
-from tests.control.test_app import StandInCalls, settings as acs_settings
+from tests.control.test_app import WEBHOOK, StandInCalls, settings as acs_settings
 from tests.fakes import FakeModel, pcm_tone
 
 TOKEN = "t" * 32
@@ -155,6 +155,7 @@ def acs_env() -> dict[str, str]:
         "PUBLIC_BASE_URL": "https://bot.test",
         "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000001",
         "REALTIME_URL": "ws://127.0.0.1:1/v1/realtime",
+        "INCOMING_CALL_SECRET": "softphone-test-webhook-secret",
     }
 
 
@@ -516,12 +517,17 @@ async def test_browser_calls_count_against_max_concurrent_calls(
             assert (await next_event(events))["type"] == "call"
             # The only slot is the browser's: a phone call is not answered, and not ready.
             assert (await client.get("/readyz")).status_code == 503
-            await client.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+            await client.post(
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+            )
             await wait_all_tasks_blocked()
             assert acs.answers == []
             assert "full" in caplog.text
+            assert acs.rejects == [{"incomingCallContext": "ctx-1", "callRejectReason": "busy"}]
         await wait_all_tasks_blocked()  # the page left: its call ended and was released
-        await client.post("/api/incomingCall", json=[incoming_call_event("e-2", "ctx-2")])
+        await client.post(
+            "/api/incomingCall", json=[incoming_call_event("e-2", "ctx-2")], headers=WEBHOOK
+        )
         await wait_all_tasks_blocked()
         assert len(acs.answers) == 1
         # Now the phone call has the slot: no browser call.

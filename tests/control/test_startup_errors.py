@@ -29,6 +29,7 @@ GOOD = {
     "PUBLIC_BASE_URL": "https://bot.example.com",
     "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000000",
     "REALTIME_URL": "ws://127.0.0.1:9/v1/realtime",
+    "INCOMING_CALL_SECRET": "startup-test-webhook-secret",
 }
 
 

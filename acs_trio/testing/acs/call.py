@@ -14,7 +14,7 @@ import secrets
 import ssl
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -78,6 +78,8 @@ class CallContext:
     #: The caller's speech: one utterance, or two split at the recording's longest silence.
     utterances: tuple[Clip, ...]
     progress: Callable[[int, str], None] = lambda _index, _text: None
+    #: Sent as the Event Grid delivery property header ``X-Incoming-Call-Secret``.
+    incoming_call_secret: str = field(default="", repr=False)
 
 
 async def place_call(
@@ -123,6 +125,8 @@ async def _place(
     headers = {"aeg-event-type": "Notification", "aeg-delivery-count": "0",
                "aeg-subscription-name": "ACS-SIMULATOR", "aeg-data-version": "1.0",
                "aeg-metadata-version": "1"}  # fmt: skip
+    if ctx.incoming_call_secret:  # the subscription's delivery property (docs/deployment.md)
+        headers["X-Incoming-Call-Secret"] = ctx.incoming_call_secret
     with trio.fail_after(options.http_timeout_s):
         response = await ctx.http.post(f"{server}/api/incomingCall", json=event, headers=headers)
     report.incoming_call_status = response.status_code

@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -54,6 +54,8 @@ class SimulatedAcs:
     registry: CallRegistry
     http: httpx.AsyncClient
     clock: WallClock
+    #: What Event Grid would carry for this resource's subscription (``X-Incoming-Call-Secret``).
+    incoming_call_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
     @property
     def connection_string(self) -> str:
@@ -72,6 +74,7 @@ class SimulatedAcs:
             "ACS_JWT_ISSUER": self.signer.issuer,
             "PUBLIC_BASE_URL": public_base_url.rstrip("/"),
             "SSL_CERT_FILE": str(self.tls.ca_pem),
+            "INCOMING_CALL_SECRET": self.incoming_call_secret,
         }
 
     async def place_call(
@@ -120,6 +123,7 @@ class SimulatedAcs:
             ),
             utterances=load_utterances(wav, options),
             progress=progress or (lambda _index, _text: None),
+            incoming_call_secret=self.incoming_call_secret,
         )
 
 

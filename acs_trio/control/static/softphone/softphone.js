@@ -112,6 +112,12 @@ async function startCall() {
   events.onclose = () => {
     if (state.phase !== "ended") endCall("side channel closed");
   };
+  // The server closes a connection that sends nothing for 10 s (hypercorn read_timeout); the
+  // side channel is server-to-page only, so say something now and then (the server ignores it).
+  const keepalive = setInterval(() => {
+    if (events.readyState === WebSocket.OPEN) events.send("keepalive");
+    else if (events.readyState > WebSocket.OPEN) clearInterval(keepalive);
+  }, 4000);
 }
 
 function openMedia(path) {
