@@ -326,7 +326,11 @@ def create_app(
                 logger.info("Event Grid subscription validation (event %s)", clip(item.event_id))
                 validation = validation or item.validation_code
             elif isinstance(item, IncomingCall):
-                outcome = rt.plane.admit(item) if rt.plane is not None else Admission.NOT_READY
+                # Without JWKS keys no media socket could be verified: 503, not an answer.
+                keys = rt.verifier is not None and rt.verifier.loaded
+                outcome = (
+                    rt.plane.admit(item) if rt.plane is not None and keys else Admission.NOT_READY
+                )
                 redeliver = redeliver or outcome.redeliver
                 if rt.metrics is not None:
                     rt.metrics.incoming(outcome)

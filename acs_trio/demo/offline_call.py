@@ -174,6 +174,12 @@ async def run_demo(
                     partial(hypercorn_serve, app, config, shutdown_trigger=stop.wait)
                 )
                 say(f"server on {server_url}, local test peer on {peer_url}, ACS at {acs.endpoint}")
+                # Like a load balancer: no call before /readyz (JWKS keys loaded); the webhook
+                # answers 503 until then.
+                while True:  # polled like a load balancer would
+                    if (await acs.http.get(f"{server_url}/readyz")).status_code == 200:
+                        break
+                    await trio.sleep(0.05)
                 report = await acs.place_call(
                     server_url, call_options, wav=wav, progress=lambda _i, text: say(text)
                 )

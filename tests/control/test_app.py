@@ -11,10 +11,11 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 from quart.testing.connections import WebsocketDisconnectError, WebsocketResponseError
 
 from acs_trio.call.lifecycle import CallHandle, CallSummary, EndReason
@@ -31,6 +32,7 @@ from acs_trio.control.app import create_app
 from acs_trio.control.control_plane import ControlPlane
 from acs_trio.errors import MediaClosed
 from acs_trio.testing.tokens import rsa_key
+from acs_trio.wire.webhook import IncomingCall, decode_event_grid
 from tests.acs_service import (
     ISSUER,
     JWKS_URL,
@@ -674,7 +676,11 @@ async def test_media_socket_without_keys_is_accepted_then_closed_1011(
 
 async def _media_without_keys(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
     assert (await h.client.get("/readyz")).status_code == 503  # no keys: not ready
-    await h.incoming(incoming_call_event("e-1", "ctx-1"))
+    assert (await h.incoming(incoming_call_event("e-1", "ctx-1"))).status_code == 503
+    # A call admitted anyway (the route refuses it now): its media socket still fails closed.
+    (incoming,) = decode_event_grid([incoming_call_event("e-1", "ctx-1")])
+    h.plane.admit(cast(IncomingCall, incoming))
+    await trio.testing.wait_all_tasks_blocked()
     async with h.client.websocket(f"/ws/{h.acs.media_token_of(1)}", headers=h.auth()) as ws:
         with pytest.raises(WebsocketDisconnectError) as closed:
             await ws.receive()

@@ -161,6 +161,23 @@ async def test_not_ready_answers_503() -> None:
     assert response.status_code == 503  # lifespan not running yet
 
 
+async def test_without_jwks_keys_incoming_calls_get_503_not_an_answer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The JWKS cannot be fetched at start-up: no media socket or callback could be verified, so
+    # answering would leave the caller in dead air.  Event Grid must redeliver instead.
+    acs = FakeAcsService()
+    acs.jwks_status = 503
+    async with _harness(acs) as h:
+        refused = await h.incoming(incoming_call_event("e-1", "ctx-1"))
+        assert refused.status_code == 503
+        assert h.acs.answers == [] and h.plane._seen == {}
+        acs.jwks_status = 200
+        await trio.sleep(15)  # the verifier's retry loads the keys
+        assert (await h.incoming(incoming_call_event("e-1", "ctx-1"))).status_code == 200
+        assert len(h.acs.answers) == 1
+
+
 async def test_an_overloaded_event_loop_turns_new_callers_away() -> None:
     async with _harness() as h:
         lag = h.app.extensions["acs_trio"].loop_lag
