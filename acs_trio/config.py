@@ -754,11 +754,15 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
     _check_connection_string(connection_string)
     public_base_url = env.get("PUBLIC_BASE_URL", _https_base, "")
     _refuse_cleartext("PUBLIC_BASE_URL", public_base_url, "ACS's JWTs and the per-call tokens")
+    jwks_url = env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL)
+    # Not a credential, but the keys that every JWT check trusts: over http:// anyone on the path
+    # could swap them and forge ACS's tokens.
+    _refuse_cleartext("ACS_JWKS_URL", jwks_url, "the keys that authenticate ACS's JWTs")
     return AcsSettings(
         connection_string=connection_string,
         public_base_url=public_base_url,
         resource_id=env.get("ACS_RESOURCE_ID", _resource_id, ""),
-        jwks_url=env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL),
+        jwks_url=jwks_url,
         jwt_issuer=env.get("ACS_JWT_ISSUER", str, DEFAULT_ACS_JWT_ISSUER),
     )
 

@@ -132,6 +132,15 @@ def test_a_plain_http_azure_endpoint_means_a_plain_ws_socket() -> None:
             },
             "PUBLIC_BASE_URL",
         ),
+        (
+            {
+                "ACS_CONNECTION_STRING": "endpoint=https://a/;accesskey=QUJDRA==",
+                "PUBLIC_BASE_URL": "https://bot.example.com",
+                "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000000",
+                "ACS_JWKS_URL": "http://acs.example/calling/keys",  # keys on the path: forgeable
+            },
+            "ACS_JWKS_URL",
+        ),
     ],
 )
 def test_credentials_over_cleartext_are_refused_except_to_loopback(
