@@ -461,7 +461,7 @@ class Settings:
                     "ANSWER_RATE_PER_S", _positive_float, WebhookSettings.answer_rate_per_s
                 ),
                 answer_burst=env.get("ANSWER_BURST", _positive_int, WebhookSettings.answer_burst),
-                overflow_target=env.get("OVERFLOW_TARGET", str, ""),
+                overflow_target=env.get("OVERFLOW_TARGET", _transfer_target, ""),
             ),
             observability=_observability_from_env(env),
             actions=_actions_from_env(env),

@@ -68,6 +68,7 @@ def test_explicit_url_wins() -> None:
         ({"OUTBOUND_FRAME_MS": "30"}, "OUTBOUND_FRAME_MS"),
         ({"OUTBOUND_FRAME_MS": "200"}, "OUTBOUND_FRAME_MS"),
         ({"PORT": "70000"}, "PORT"),
+        ({"OVERFLOW_TARGET": "4255550100"}, "OVERFLOW_TARGET"),  # no "+": every redirect fails
         ({"ACS_CONNECTION_STRING": "endpoint=https://a/;accesskey=b"}, "PUBLIC_BASE_URL"),
         (
             {
