@@ -327,6 +327,17 @@ async def test_a_key_removed_from_the_jwks_stops_being_trusted(
         assert response.status_code == 401
 
 
+async def test_the_callback_token_does_not_open_the_media_route_nor_the_reverse() -> None:
+    async with _harness() as h:
+        await h.incoming(incoming_call_event("e-1", "ctx-1"))
+        callback_token, media_token = h.acs.token_of(1), h.acs.media_token_of(1)
+        assert callback_token != media_token
+        assert await refusal_status(h.client, f"/ws/{callback_token}", h.auth()) == 403
+        event = callback_event("CallConnected", "conn-1")
+        assert (await h.callback(media_token, event)).status_code == 404
+        assert h.calls.handles == [] and h.plane.calls  # the call itself is untouched
+
+
 # -- 7: secrets stay secret ---------------------------------------------------------------------
 
 
