@@ -307,7 +307,7 @@ class AcsRest:
             raise AcsRestError(f"GET {url}: body too large", status_code=response.status_code)
         try:
             return json.loads(response.content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise AcsRestError(f"GET {url}: not JSON", status_code=response.status_code) from exc
 
 

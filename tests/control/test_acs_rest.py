@@ -182,3 +182,12 @@ async def test_get_json_reports_http_errors() -> None:
         assert caught.value.status_code == 404
         with pytest.raises(AcsRestError, match="no ACS connection string"):
             await rest.hang_up("conn-1")
+
+
+async def test_a_hostile_key_document_is_an_error_not_a_crash() -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000  # under the size cap, deeper than the parser allows
+    async with open_acs_rest(
+        None, transport=httpx.MockTransport(lambda r: httpx.Response(200, content=nested))
+    ) as rest:
+        with pytest.raises(AcsRestError, match="not JSON"):
+            await rest.get_json("https://keys.test/")
