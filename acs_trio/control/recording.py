@@ -359,12 +359,16 @@ async def open_call_recording(
     """A recorder and its writer thread for one call; the files are closed when this exits."""
     recorder = CallRecorder(directory, on_drop=on_drop)
     writer = _Writer(recorder.queue)
+    # Its own threads (the writer, then the close wait), not Trio's default limiter: that has 40
+    # tokens (the default MAX_CONCURRENT_CALLS) and DNS look-ups of the model's and ACS's hosts
+    # wait on it, so 40 recorded calls would stall every new connect.
+    threads = trio.CapacityLimiter(2)
     async with trio.open_nursery() as nursery:
         writer_scope = trio.CancelScope(shield=True)
 
         async def run_writer() -> None:
             with writer_scope:
-                await trio.to_thread.run_sync(writer.run, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(writer.run, abandon_on_cancel=True, limiter=threads)
 
         nursery.start_soon(run_writer)
         try:
@@ -376,7 +380,9 @@ async def open_call_recording(
             recorder.crashed(RuntimeError("recording closed without a call summary"))
             # A real-time wait (in a thread, shielded): the disk's pace, not the Trio clock's.
             with trio.CancelScope(shield=True):
-                closed = await trio.to_thread.run_sync(writer.done.wait, _CLOSE_TIMEOUT_S)
+                closed = await trio.to_thread.run_sync(
+                    writer.done.wait, _CLOSE_TIMEOUT_S, limiter=threads
+                )
             if not closed:
                 logger.error(
                     "recording %s: the writer did not finish within %.0fs (disk stalled?); "

@@ -115,3 +115,33 @@ def test_a_failing_observer_is_switched_off_and_never_reaches_the_call(
         tee.on_caller_audio(b"", True, 0.0)
     assert counting.frames == 3
     assert caplog.text.count("switched off for this call") == 1
+
+
+async def test_recorded_calls_leave_trios_worker_threads_to_the_rest_of_the_server(
+    tmp_path: Path,
+) -> None:
+    """More recorded calls than Trio's default thread limiter has tokens (40, the default
+    MAX_CONCURRENT_CALLS): DNS look-ups (model and ACS REST host names) still get a thread,
+    and every call's files are closed.  Real clock: worker threads."""
+    tokens = trio.to_thread.current_default_thread_limiter().total_tokens
+    hang_up = trio.Event()
+
+    async def one_call(n: int, task_status: trio.TaskStatus[None]) -> None:
+        handle = CallHandle(CallIds(f"call-{n}"))
+        async with observe_call(handle, metrics=None, recordings_dir=tmp_path):
+            handle.observer.on_start(handle.ids, trio.current_time())
+            task_status.started()
+            await hang_up.wait()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(tokens + 1):
+            await nursery.start(one_call, n)
+        with trio.fail_after(5):
+            # What trio.socket.getaddrinfo does for a host name: the default limiter.
+            assert await trio.to_thread.run_sync(lambda: "resolved") == "resolved"
+        hang_up.set()
+    assert count_files(tmp_path, "*/*.summary.json") == tokens + 1
+
+
+def count_files(directory: Path, pattern: str) -> int:
+    return len(list(directory.glob(pattern)))
