@@ -404,7 +404,11 @@ def sweep_recordings(directory: Path, max_age_days: float, *, now: float | None 
     cutoff = (time.time() if now is None else now) - max_age_days * 86400
     removed = 0
     for day in directory.iterdir():
-        if not day.is_dir() or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day.name):
+        if (
+            day.is_symlink()  # never follow a link out of the recordings directory
+            or not day.is_dir()
+            or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day.name)
+        ):
             continue  # only folders this module made
         for path in day.iterdir():
             if path.suffix in {".wav", ".jsonl", ".json"} and path.stat().st_mtime < cutoff:

@@ -93,6 +93,19 @@ def test_retention_deletes_only_old_recordings(tmp_path: Path) -> None:
     assert not day.exists()  # the empty day folder goes too
 
 
+def test_retention_never_follows_a_symlink_out_of_the_recordings_dir(tmp_path: Path) -> None:
+    recordings, outside = tmp_path / "recordings", tmp_path / "outside"
+    recordings.mkdir()
+    outside.mkdir()
+    precious = outside / "config.json"
+    precious.write_text("{}")
+    old = time.time() - 31 * 86400
+    os.utime(precious, (old, old))
+    (recordings / "2026-01-01").symlink_to(outside, target_is_directory=True)
+    assert sweep_recordings(recordings, 30) == 0
+    assert precious.exists()
+
+
 def test_a_failing_observer_is_switched_off_and_never_reaches_the_call(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
