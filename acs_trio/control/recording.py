@@ -216,6 +216,9 @@ class CallRecorder(NullObserver):
             self._left += bytes(pad * 2)
             left_end += pad
         horizon = min(left_end, now_sample)
+        # Caller frames faster than real time (a burst, a misbehaving peer): the caller channel
+        # runs ahead of the clock; hand it over once it is _MAX_LAG_S ahead (bounds the buffer).
+        horizon = max(horizon, left_end - int(_MAX_LAG_S * self._rate))
         if horizon - self._flushed >= self._rate * self._chunk_ms // 1000:
             self._emit(horizon - self._flushed)
 

@@ -74,6 +74,26 @@ def test_a_slow_disk_costs_recorded_audio_not_the_call(tmp_path: Path) -> None:
     assert summary["recording"]["dropped_ms"] == recorder.dropped_ms > 0
 
 
+def test_a_peer_sending_faster_than_real_time_cannot_grow_the_recorder(tmp_path: Path) -> None:
+    """Memory per call is bounded even when frames come faster than they play (a burst after a
+    network stall, a misbehaving softphone page): the caller channel stays bit-exact."""
+    recorder = CallRecorder(tmp_path, max_queued_chunks=10_000)
+    recorder.on_start(CallIds("call-fast"), 100.0)
+    frames = [bytes([n % 250 + 1, 0]) * 480 for n in range(3000)]  # 60 s of audio...
+    largest = 0
+    for n, frame in enumerate(frames):  # ...in 1.5 s
+        recorder.on_caller_audio(frame, False, 100.0 + 0.0005 * (n + 1))
+        largest = max(largest, len(recorder._left), len(recorder._right))
+    assert largest <= 2 * 24000 * 2  # at most about 2 s of audio held, not 60
+    recorder._finish(101.5, {"end_reason": "caller_hung_up"})
+    _Writer(recorder.queue).run()
+    [wav_path] = tmp_path.glob("*/*_call-fast.wav")
+    with wave.open(str(wav_path)) as w:
+        stereo = w.readframes(w.getnframes())
+    left = b"".join(stereo[i : i + 2] for i in range(0, len(stereo), 4))
+    assert left == b"".join(frames)
+
+
 def test_retention_deletes_only_old_recordings(tmp_path: Path) -> None:
     day = tmp_path / "2026-01-01"
     day.mkdir()
