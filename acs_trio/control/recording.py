@@ -298,12 +298,12 @@ class _Writer:
                     return
                 try:
                     self._do(job)
+                    if self._jobs.empty() and self._transcript is not None:
+                        self._transcript.flush()  # where a full disk shows (ENOSPC)
                 except OSError as exc:  # a full or broken disk: keep draining, stop writing
                     if self.error is None:
                         self.error = exc
                         logger.error("recording %s: %s; no more writes", self._stem, exc)
-                if self._jobs.empty() and self._transcript is not None:
-                    self._transcript.flush()
         finally:
             self._close()
             self.done.set()
@@ -316,8 +316,13 @@ class _Writer:
             self._stem = job[1]
             assert self._stem is not None
             self._stem.parent.mkdir(parents=True, exist_ok=True)
+            # backslashreplace: a lone surrogate (valid JSON text, not UTF-8) is written as its
+            # JSON escape instead of killing the writer.
             self._transcript = open(  # noqa: SIM115 - closed in _close()
-                _file(self._stem, ".transcript.jsonl"), "w", encoding="utf-8"
+                _file(self._stem, ".transcript.jsonl"),
+                "w",
+                encoding="utf-8",
+                errors="backslashreplace",
             )
         elif kind == "line" and self._transcript is not None:
             self._transcript.write(json.dumps(job[1], ensure_ascii=False) + "\n")
@@ -334,7 +339,11 @@ class _Writer:
                 self._wav.writeframes(_interleave(job[2], job[3]))
         elif kind == "summary" and self._stem is not None:
             path = _file(self._stem, ".summary.json")
-            path.write_text(json.dumps(job[1], indent=2, ensure_ascii=False) + "\n")
+            path.write_text(
+                json.dumps(job[1], indent=2, ensure_ascii=False) + "\n",
+                encoding="utf-8",
+                errors="backslashreplace",
+            )
 
     def _close(self) -> None:
         for name, closer in (("wav", self._wav), ("transcript", self._transcript)):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -92,6 +95,49 @@ def test_a_peer_sending_faster_than_real_time_cannot_grow_the_recorder(tmp_path:
         stereo = w.readframes(w.getnframes())
     left = b"".join(stereo[i : i + 2] for i in range(0, len(stereo), 4))
     assert left == b"".join(frames)
+
+
+def test_a_full_disk_stops_the_writer_not_the_call(tmp_path: Path) -> None:
+    """Buffered text reaches the disk at flush: ENOSPC there is recorded, the thread ends
+    normally (an exception out of it would cancel the live call it records)."""
+    stem = tmp_path / "2026-01-01" / "000000_call-full"
+    stem.parent.mkdir()
+    (stem.parent / (stem.name + ".transcript.jsonl")).symlink_to("/dev/full")
+    jobs: queue.Queue[tuple[Any, ...]] = queue.Queue()
+    writer = _Writer(jobs)
+    escaped: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            writer.run()
+        except BaseException as exc:  # what trio.to_thread would raise into the call
+            escaped.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    jobs.put(("open", stem))
+    jobs.put(("line", {"t_ms": 0, "type": "call_started"}))  # the queue empties: a flush
+    while not jobs.empty():
+        time.sleep(0.01)
+    time.sleep(0.1)
+    jobs.put(("end",))
+    thread.join(5)
+    assert escaped == []
+    assert isinstance(writer.error, OSError) and writer.done.is_set()
+
+
+def test_a_transcript_line_that_is_not_valid_unicode_is_still_written(tmp_path: Path) -> None:
+    """A lone surrogate (valid in JSON text, not in UTF-8) must not kill the writer."""
+    recorder = CallRecorder(tmp_path)
+    recorder.on_start(CallIds("call-odd"), 100.0)
+    recorder.on_transcript("agent", "half an emoji \ud83d", 100.5, item_id="item_1")
+    recorder._finish(101.0, {"end_reason": "caller_hung_up", "end_detail": "\udc80"})
+    writer = _Writer(recorder.queue)
+    writer.run()
+    assert writer.error is None
+    [path] = tmp_path.glob("*/*_call-odd.transcript.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[1]["text"] == "half an emoji \ud83d"
 
 
 def test_retention_deletes_only_old_recordings(tmp_path: Path) -> None:
