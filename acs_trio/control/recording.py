@@ -300,10 +300,11 @@ class _Writer:
                     self._do(job)
                     if self._jobs.empty() and self._transcript is not None:
                         self._transcript.flush()  # where a full disk shows (ENOSPC)
-                except OSError as exc:  # a full or broken disk: keep draining, stop writing
+                except Exception as exc:  # a full or broken disk, or a bug: keep draining,
+                    # stop writing; an exception out of this thread would cancel the live call.
                     if self.error is None:
                         self.error = exc
-                        logger.error("recording %s: %s; no more writes", self._stem, exc)
+                        logger.error("recording %s: %r; no more writes", self._stem, exc)
         finally:
             self._close()
             self.done.set()

@@ -140,6 +140,22 @@ def test_a_transcript_line_that_is_not_valid_unicode_is_still_written(tmp_path: 
     assert lines[1]["text"] == "half an emoji \ud83d"
 
 
+async def test_a_bug_in_the_writer_stops_the_recording_not_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: _Writer, job: tuple[Any, ...]) -> None:
+        raise RuntimeError("bug in the writer")
+
+    monkeypatch.setattr(_Writer, "_do", broken)
+    handle = CallHandle(CallIds("call-bug"))
+    async with observe_call(handle, metrics=None, recordings_dir=tmp_path):
+        handle.observer.on_start(handle.ids, trio.current_time())
+        await trio.sleep(0.2)  # real clock: the writer thread meets the bug meanwhile
+        finished = True  # the call went on
+    assert finished
+    assert "bug in the writer" in caplog.text
+
+
 def test_retention_deletes_only_old_recordings(tmp_path: Path) -> None:
     day = tmp_path / "2026-01-01"
     day.mkdir()
