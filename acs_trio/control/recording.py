@@ -28,6 +28,7 @@ itself never waits for the disk.  The files are closed on every ending, a crash 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import queue
@@ -314,17 +315,24 @@ class _Writer:
             return
         kind = job[0]
         if kind == "open":
-            self._stem = job[1]
-            assert self._stem is not None
-            self._stem.parent.mkdir(parents=True, exist_ok=True)
-            # backslashreplace: a lone surrogate (valid JSON text, not UTF-8) is written as its
-            # JSON escape instead of killing the writer.
-            self._transcript = open(  # noqa: SIM115 - closed in _close()
-                _file(self._stem, ".transcript.jsonl"),
-                "w",
-                encoding="utf-8",
-                errors="backslashreplace",
-            )
+            stem: Path = job[1]
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            # A stem of our own ("x"): the same call id can be recorded twice within a second
+            # (ACS re-established its media socket); the second never overwrites the first.
+            for n in itertools.count(2):
+                try:
+                    # backslashreplace: a lone surrogate (valid JSON text, not UTF-8) is
+                    # written as its JSON escape instead of killing the writer.
+                    self._transcript = open(  # noqa: SIM115 - closed in _close()
+                        _file(stem, ".transcript.jsonl"),
+                        "x",
+                        encoding="utf-8",
+                        errors="backslashreplace",
+                    )
+                    break
+                except FileExistsError:
+                    stem = job[1].with_name(f"{job[1].name}_{n}")
+            self._stem = stem
         elif kind == "line" and self._transcript is not None:
             self._transcript.write(json.dumps(job[1], ensure_ascii=False) + "\n")
         elif kind in {"audio", "gap"} and self._stem is not None:

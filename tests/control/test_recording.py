@@ -97,12 +97,18 @@ def test_a_peer_sending_faster_than_real_time_cannot_grow_the_recorder(tmp_path:
     assert left == b"".join(frames)
 
 
-def test_a_full_disk_stops_the_writer_not_the_call(tmp_path: Path) -> None:
+def test_a_full_disk_stops_the_writer_not_the_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Buffered text reaches the disk at flush: ENOSPC there is recorded, the thread ends
     normally (an exception out of it would cancel the live call it records)."""
+    from acs_trio.control import recording
+
+    def full_disk(path: Path, mode: str, **kwargs: Any) -> Any:
+        return open("/dev/full", "w", **kwargs)  # writes buffer; the flush fails with ENOSPC
+
+    monkeypatch.setattr(recording, "open", full_disk, raising=False)
     stem = tmp_path / "2026-01-01" / "000000_call-full"
-    stem.parent.mkdir()
-    (stem.parent / (stem.name + ".transcript.jsonl")).symlink_to("/dev/full")
     jobs: queue.Queue[tuple[Any, ...]] = queue.Queue()
     writer = _Writer(jobs)
     escaped: list[BaseException] = []
@@ -154,6 +160,30 @@ async def test_a_bug_in_the_writer_stops_the_recording_not_the_call(
         finished = True  # the call went on
     assert finished
     assert "bug in the writer" in caplog.text
+
+
+def test_a_re_established_media_socket_in_the_same_second_keeps_both_recordings(
+    tmp_path: Path,
+) -> None:
+    """ACS re-establishes a call's media socket: a second recording of the same call id, maybe
+    within the same second (the same file stem).  It must not overwrite the first."""
+    stem = tmp_path / "2026-01-01" / "120000_call-again"
+    for n in (1, 2):
+        jobs: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        for job in [
+            ("open", stem),
+            ("line", {"t_ms": 0, "type": "socket", "n": n}),
+            ("audio", 24000, bytes([n, 0]) * 480, b""),
+            ("summary", {"n": n}),
+            ("end",),
+        ]:
+            jobs.put(job)
+        _Writer(jobs).run()
+    transcripts = sorted(stem.parent.glob("*.transcript.jsonl"))
+    assert [json.loads(p.read_text())["n"] for p in transcripts] == [1, 2]
+    summaries = sorted(stem.parent.glob("*.summary.json"))
+    assert [json.loads(p.read_text())["n"] for p in summaries] == [1, 2]
+    assert len(list(stem.parent.glob("*.wav"))) == 2
 
 
 def test_retention_deletes_only_old_recordings(tmp_path: Path) -> None:
