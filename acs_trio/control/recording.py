@@ -1,6 +1,6 @@
 """Call recordings (opt-in with ``RECORDINGS_DIR``): a stereo WAV, a transcript and a summary.
 
-Per call, under ``RECORDINGS_DIR/<UTC date>/<UTC time>_<call id>``:
+Per call, under ``RECORDINGS_DIR/<UTC date>/<UTC time>_<call id>`` (``_2``… if that is taken):
 
 - ``.wav``: 16-bit stereo at the call's rate.  Left: the caller, bit-exact (ACS frames as
   received, concatenated; an empty "silent" frame is written as zeros, a gap of more than
