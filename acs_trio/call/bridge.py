@@ -661,7 +661,9 @@ class _CallBridge:
                 except ModelClosed:
                     self.unsent = message  # the next session gets it first: no caller audio lost
                     raise
-                self.outbox_pending -= 1
+                # Only appends are counted (tool and keypad messages share the outbox).
+                if message.startswith(rt.APPEND_HEAD):
+                    self.outbox_pending -= 1
         finally:
             self.direct_model_ws = None
 

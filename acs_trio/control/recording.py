@@ -1,6 +1,6 @@
 """Call recordings (opt-in with ``RECORDINGS_DIR``): a stereo WAV, a transcript and a summary.
 
-Per call, under ``RECORDINGS_DIR/<UTC date>/<UTC time>_<call id>``:
+Per call, under ``RECORDINGS_DIR/<UTC date>/<UTC time>_<call id>`` (``_2``… if that is taken):
 
 - ``.wav``: 16-bit stereo at the call's rate.  Left: the caller, bit-exact (ACS frames as
   received, concatenated; an empty "silent" frame is written as zeros, a gap of more than
@@ -28,6 +28,7 @@ itself never waits for the disk.  The files are closed on every ending, a crash 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import queue
@@ -216,6 +217,9 @@ class CallRecorder(NullObserver):
             self._left += bytes(pad * 2)
             left_end += pad
         horizon = min(left_end, now_sample)
+        # Caller frames faster than real time (a burst, a misbehaving peer): the caller channel
+        # runs ahead of the clock; hand it over once it is _MAX_LAG_S ahead (bounds the buffer).
+        horizon = max(horizon, left_end - int(_MAX_LAG_S * self._rate))
         if horizon - self._flushed >= self._rate * self._chunk_ms // 1000:
             self._emit(horizon - self._flushed)
 
@@ -295,12 +299,13 @@ class _Writer:
                     return
                 try:
                     self._do(job)
-                except OSError as exc:  # a full or broken disk: keep draining, stop writing
+                    if self._jobs.empty() and self._transcript is not None:
+                        self._transcript.flush()  # where a full disk shows (ENOSPC)
+                except Exception as exc:  # a full or broken disk, or a bug: keep draining,
+                    # stop writing; an exception out of this thread would cancel the live call.
                     if self.error is None:
                         self.error = exc
-                        logger.error("recording %s: %s; no more writes", self._stem, exc)
-                if self._jobs.empty() and self._transcript is not None:
-                    self._transcript.flush()
+                        logger.error("recording %s: %r; no more writes", self._stem, exc)
         finally:
             self._close()
             self.done.set()
@@ -310,12 +315,24 @@ class _Writer:
             return
         kind = job[0]
         if kind == "open":
-            self._stem = job[1]
-            assert self._stem is not None
-            self._stem.parent.mkdir(parents=True, exist_ok=True)
-            self._transcript = open(  # noqa: SIM115 - closed in _close()
-                _file(self._stem, ".transcript.jsonl"), "w", encoding="utf-8"
-            )
+            stem: Path = job[1]
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            # A stem of our own ("x"): the same call id can be recorded twice within a second
+            # (ACS re-established its media socket); the second never overwrites the first.
+            for n in itertools.count(2):
+                try:
+                    # backslashreplace: a lone surrogate (valid JSON text, not UTF-8) is
+                    # written as its JSON escape instead of killing the writer.
+                    self._transcript = open(  # noqa: SIM115 - closed in _close()
+                        _file(stem, ".transcript.jsonl"),
+                        "x",
+                        encoding="utf-8",
+                        errors="backslashreplace",
+                    )
+                    break
+                except FileExistsError:
+                    stem = job[1].with_name(f"{job[1].name}_{n}")
+            self._stem = stem
         elif kind == "line" and self._transcript is not None:
             self._transcript.write(json.dumps(job[1], ensure_ascii=False) + "\n")
         elif kind in {"audio", "gap"} and self._stem is not None:
@@ -331,7 +348,11 @@ class _Writer:
                 self._wav.writeframes(_interleave(job[2], job[3]))
         elif kind == "summary" and self._stem is not None:
             path = _file(self._stem, ".summary.json")
-            path.write_text(json.dumps(job[1], indent=2, ensure_ascii=False) + "\n")
+            path.write_text(
+                json.dumps(job[1], indent=2, ensure_ascii=False) + "\n",
+                encoding="utf-8",
+                errors="backslashreplace",
+            )
 
     def _close(self) -> None:
         for name, closer in (("wav", self._wav), ("transcript", self._transcript)):
@@ -359,12 +380,16 @@ async def open_call_recording(
     """A recorder and its writer thread for one call; the files are closed when this exits."""
     recorder = CallRecorder(directory, on_drop=on_drop)
     writer = _Writer(recorder.queue)
+    # Its own threads (the writer, then the close wait), not Trio's default limiter: that has 40
+    # tokens (the default MAX_CONCURRENT_CALLS) and DNS look-ups of the model's and ACS's hosts
+    # wait on it, so 40 recorded calls would stall every new connect.
+    threads = trio.CapacityLimiter(2)
     async with trio.open_nursery() as nursery:
         writer_scope = trio.CancelScope(shield=True)
 
         async def run_writer() -> None:
             with writer_scope:
-                await trio.to_thread.run_sync(writer.run, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(writer.run, abandon_on_cancel=True, limiter=threads)
 
         nursery.start_soon(run_writer)
         try:
@@ -376,7 +401,9 @@ async def open_call_recording(
             recorder.crashed(RuntimeError("recording closed without a call summary"))
             # A real-time wait (in a thread, shielded): the disk's pace, not the Trio clock's.
             with trio.CancelScope(shield=True):
-                closed = await trio.to_thread.run_sync(writer.done.wait, _CLOSE_TIMEOUT_S)
+                closed = await trio.to_thread.run_sync(
+                    writer.done.wait, _CLOSE_TIMEOUT_S, limiter=threads
+                )
             if not closed:
                 logger.error(
                     "recording %s: the writer did not finish within %.0fs (disk stalled?); "
@@ -398,7 +425,11 @@ def sweep_recordings(directory: Path, max_age_days: float, *, now: float | None 
     cutoff = (time.time() if now is None else now) - max_age_days * 86400
     removed = 0
     for day in directory.iterdir():
-        if not day.is_dir() or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day.name):
+        if (
+            day.is_symlink()  # never follow a link out of the recordings directory
+            or not day.is_dir()
+            or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day.name)
+        ):
             continue  # only folders this module made
         for path in day.iterdir():
             if path.suffix in {".wav", ".jsonl", ".json"} and path.stat().st_mtime < cutoff:

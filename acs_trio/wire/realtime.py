@@ -19,6 +19,7 @@ from ..config import AgentSettings
 from ..errors import ProtocolError
 
 __all__ = [
+    "APPEND_HEAD",
     "FATAL_ERROR_CODES",
     "AudioDelta",
     "AudioDone",
@@ -126,13 +127,13 @@ def item_delete(item_id: str, event_id: str | None = None) -> str:
     return _with_id({"type": "conversation.item.delete", "item_id": item_id}, event_id)
 
 
+#: How every :func:`input_audio_append` message starts.
+APPEND_HEAD = '{"type": "input_audio_buffer.append", "audio": "'
+
+
 def input_audio_append(pcm: bytes) -> str:
     """``input_audio_buffer.append`` with PCM16 24 kHz; built by concatenation (hot path)."""
-    return (
-        '{"type": "input_audio_buffer.append", "audio": "'
-        + binascii.b2a_base64(pcm, newline=False).decode("ascii")
-        + '"}'
-    )
+    return APPEND_HEAD + binascii.b2a_base64(pcm, newline=False).decode("ascii") + '"}'
 
 
 def truncate_item(

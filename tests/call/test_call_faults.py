@@ -297,3 +297,45 @@ async def test_a_peer_inventing_kinds_cannot_grow_the_summary(
     summary = await call.ended()
     assert len(summary.unknown_kinds) == 33
     assert summary.unknown_kinds["(other)"] == 68
+
+
+async def test_appends_stay_in_order_when_tool_messages_share_the_outbox(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A tool's output and its response.create go through the model outbox too.  A slow model
+    link is writing the second when two caller appends arrive: the first waits in the outbox,
+    and the second must not overtake it by the direct way (send_from_receiver)."""
+    from acs_trio.call.bridge import _CallBridge
+    from acs_trio.wire import realtime as rt
+    from acs_trio.wire.acs_media import AudioData
+
+    class SlowModelLink:
+        """Each write takes 50 ms; writers queue in call order (trio-websocket's FIFO lock)."""
+
+        def __init__(self) -> None:
+            self.lock = trio.StrictFIFOLock()
+            self.written: list[str] = []
+
+        async def send(self, message: str) -> None:
+            async with self.lock:
+                await trio.sleep(0.05)
+                self.written.append(message)
+
+    _, server = await open_ws_pair(nursery)
+    limits = replace(LIMITS, append_batch_ms=20)  # one append per 20 ms frame
+    bridge = _CallBridge(TrioMediaSocket(server), CallHandle(CallIds("c")), NO_GREETING, limits)
+    link = SlowModelLink()
+    bridge.model_live = True
+    nursery.start_soon(bridge.send_to_model, link)
+    t0 = trio.current_time()
+    tools = bridge.outbox_send.clone()  # as the tool runner holds it
+    tools.send_nowait(rt.response_create())
+    tools.send_nowait(rt.response_create())
+    first, second = pcm_tone(20, 1), pcm_tone(20, 2)
+    await trio.sleep_until(t0 + 0.06)  # the link is writing the second tool message
+    await bridge.on_caller_audio(AudioData("", None, first, False))
+    await trio.sleep_until(t0 + 0.08)
+    await bridge.on_caller_audio(AudioData("", None, second, False))
+    await trio.sleep(0.5)
+    appends = [m for m in link.written if "input_audio_buffer.append" in m]
+    assert appends == [rt.input_audio_append(first), rt.input_audio_append(second)]
