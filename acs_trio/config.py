@@ -19,6 +19,7 @@ __all__ = [
     "AcsSettings",
     "AgentSettings",
     "CallLimits",
+    "ClusterSettings",
     "ControlTimeouts",
     "ModelEndpoint",
     "ServerSettings",
@@ -179,6 +180,32 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Shared state for many processes/hosts (docs/deployment.md "Many instances").
+
+    ``redis_url`` unset: one process, every call's state in its memory (no Redis at all).
+    """
+
+    redis_url: str | None = None
+    #: This process's name in Redis; default: host name, pid and a random suffix.
+    instance_id: str = ""
+    #: The owner renews its lease every third of this; a crashed owner's calls are hung up by a
+    #: survivor once it has expired.
+    lease_s: float = 15.0
+    #: Live calls across all instances (atomic in Redis); ``None``: only each instance's cap.
+    max_calls: int | None = None
+    #: How long an IncomingCall's event id / context is remembered cluster-wide.
+    seen_ttl_s: float = 600.0
+    #: Deadline for one Redis command (a lost Redis must not hang a request).
+    command_timeout_s: float = 2.0
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return (
+            f"ClusterSettings(redis={'set' if self.redis_url else 'off'}, id={self.instance_id!r})"
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the server needs.  ``acs-trio serve`` requires ``model`` and ``acs``."""
 
@@ -188,6 +215,7 @@ class Settings:
     acs: AcsSettings | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
     log_level: str = "INFO"
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -208,6 +236,7 @@ class Settings:
                 ),
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
+            cluster=_cluster_from_env(env),
         )
 
     def require_model(self) -> ModelEndpoint:
@@ -417,4 +446,21 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
         resource_id=env.get("ACS_RESOURCE_ID", str, ""),
         jwks_url=env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL),
         jwt_issuer=env.get("ACS_JWT_ISSUER", str, DEFAULT_ACS_JWT_ISSUER),
+    )
+
+
+def _redis_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"} or not (parts.netloc or parts.path):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _cluster_from_env(env: _Env) -> ClusterSettings:
+    d = ClusterSettings()
+    return ClusterSettings(
+        redis_url=env.get("REDIS_URL", _redis_url, "") or None,
+        instance_id=env.get("INSTANCE_ID", str, ""),
+        lease_s=env.get("CALL_LEASE_S", _positive_float, d.lease_s),
+        max_calls=env.get("CLUSTER_MAX_CONCURRENT_CALLS", _positive_int, 0) or None,
     )

@@ -24,7 +24,7 @@ The ACS socket is closed last, under a shielded deadline, and one summary line i
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -34,6 +34,7 @@ from ..wire import realtime as rt
 from ..wire.acs_media import AudioData, AudioMetadata, DtmfData, UnknownKind, parse_acs_message
 from .agent_audio import AgentAudio
 from .caller_audio import CallerAudio
+from .conversation_store import Turn
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
 from .model_socket import ModelConnector, ModelSocket
@@ -288,7 +289,13 @@ class _CallBridge:
             ready = trio.current_time()
             self.log.info("model connected in %.0f ms", (ready - self.summary.started_at) * 1000)
             await ws.send(rt.session_update(self.agent))
-            if self.agent.greeting:
+            history = self.handle.conversation.history() if self.handle.conversation else ()
+            if history:
+                # Resumed on another instance: the model gets the conversation, not a greeting.
+                self.log.info("resuming with %d earlier turn(s)", len(history))
+                for turn in history:
+                    await ws.send(rt.conversation_item(turn.role, turn.text))
+            elif self.agent.greeting:
                 self.playout.expect_greeting(ready)
                 await ws.send(rt.response_create(self.agent.greeting))
             async with trio.open_nursery() as nursery:
@@ -352,6 +359,11 @@ class _CallBridge:
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)
         elif isinstance(event, rt.OutputTranscript | rt.InputTranscript):
             self.log.debug("%s: %s", type(event).__name__, event.transcript)
+            if self.handle.conversation is not None and event.transcript:
+                role: Literal["user", "assistant"] = (
+                    "user" if isinstance(event, rt.InputTranscript) else "assistant"
+                )
+                self.handle.conversation.record(Turn(role, event.transcript))
 
     async def on_speech_started(self, ws: ModelSocket) -> None:
         self.last_speech = trio.current_time()

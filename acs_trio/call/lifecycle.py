@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .conversation_store import ConversationStore
+
 __all__ = ["CallHandle", "CallIds", "CallSummary", "EndReason"]
 
 
@@ -77,6 +79,8 @@ class CallHandle:
         self.end_requested = trio.Event()
         #: Set when ``run_call`` has returned: every task of the call has ended.
         self.finished = trio.Event()
+        #: Where the conversation is kept for a resume elsewhere (``None``: nowhere, one process).
+        self.conversation: ConversationStore | None = None
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         """Ask the call to end for ``reason``.  Safe to call at any time, from any task.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import trio
@@ -20,7 +20,7 @@ from quart import Response, request, websocket
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
 from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings
-from ..errors import AuthError, KeysUnavailable
+from ..errors import AuthError, KeysUnavailable, StateUnavailable
 from ..wire.webhook import (
     BadBody,
     IncomingCall,
@@ -32,6 +32,7 @@ from ..wire.webhook import (
 )
 from .acs_rest import HttpTransport, open_acs_rest
 from .auth import JwtVerifier, bearer_token
+from .call_store import CallStore
 from .control_plane import Admission, ControlPlane
 from .model_ws import model_connector
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
@@ -75,18 +76,31 @@ class _Runtime:
                 issuer=self.acs.jwt_issuer,
                 audience=self.acs.resource_id,
             )
-            plane = ControlPlane(
-                rest,
-                public_base_url=self.acs.public_base_url,
-                max_concurrent_calls=self.settings.server.max_concurrent_calls,
-                timeouts=self._timeouts,
-            )
-            async with trio.open_nursery() as nursery:
+            async with self._shared_state() as store, trio.open_nursery() as nursery:
+                plane = ControlPlane(
+                    rest,
+                    public_base_url=self.acs.public_base_url,
+                    max_concurrent_calls=self.settings.server.max_concurrent_calls,
+                    timeouts=self._timeouts,
+                    store=store,
+                    cluster_max_calls=self.settings.cluster.max_calls,
+                )
                 self.plane = plane
                 await nursery.start(plane.serve)
                 task_status.started()
                 await plane.finished.wait()  # stop(): drained, closed, every supervisor done
                 nursery.cancel_scope.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _shared_state(self) -> AsyncIterator[CallStore | None]:
+        """Redis when ``REDIS_URL`` is set (imported only then), else nothing: one process."""
+        if not self.settings.cluster.redis_url:
+            yield None
+            return
+        from .redis_state import open_redis_store
+
+        async with open_redis_store(self.settings.cluster) as store:
+            yield store
 
     async def stop(self) -> None:
         if self.plane is not None:
@@ -182,11 +196,15 @@ def create_app(
     async def healthz() -> dict[str, object]:  # noqa: ASYNC124 - Quart runs sync views in threads
         # Liveness, plus what an operator (and the leak check in bench/) wants to see.
         plane = rt.plane
-        return {
+        health: dict[str, object] = {
             "status": "ok",
             "calls": 0 if plane is None else len(plane.calls),
             "draining": False if plane is None else plane.draining,
         }
+        if plane is not None and plane.store is not None:
+            health["instance"] = plane.store.instance_id
+            health["redis"] = "ok" if plane.store.available else "unreachable"
+        return health
 
     @app.get("/readyz")
     async def readyz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
@@ -208,12 +226,23 @@ def create_app(
         if isinstance(events, Response):
             return events
         validation: str | None = None
+        refused = False
         for item in decode_event_grid(events):
             if isinstance(item, ValidationRequest):
                 logger.info("Event Grid subscription validation (event %s)", item.event_id)
                 validation = validation or item.validation_code
             elif isinstance(item, IncomingCall):
-                outcome = rt.plane.admit(item) if rt.plane is not None else Admission.NOT_READY
+                plane = rt.plane
+                outcome = (
+                    await plane.admit_anywhere(item) if plane is not None else Admission.NOT_READY
+                )
+                # Shared state: a call this instance cannot take gets 503, so Event Grid delivers
+                # it again (to another instance behind the load balancer).
+                refused = refused or (
+                    plane is not None
+                    and plane.store is not None
+                    and outcome not in {Admission.ANSWERING, Admission.DUPLICATE}
+                )
                 log = (
                     logger.info
                     if outcome in {Admission.ANSWERING, Admission.DUPLICATE}
@@ -231,6 +260,8 @@ def create_app(
                 _log_skipped("incomingCall", item)
         if validation is not None:
             return {"validationResponse": validation}
+        if refused:
+            return Response("cannot take new calls now\n", 503)
         return Response("", 200)
 
     @app.post("/api/callbacks/<token>")
@@ -241,6 +272,13 @@ def create_app(
         events = await _json_events()
         if isinstance(events, Response):
             return events
+        if rt.plane is not None:
+            try:
+                if await rt.plane.route_callbacks(token, events):
+                    return Response("", 200)
+            except StateUnavailable as exc:
+                logger.warning("%s refused: %s", request_path(), exc)
+                return Response("shared state unavailable\n", 503)
         for item in decode_callbacks(events):
             if isinstance(item, Skipped):
                 _log_skipped(request_path(), item)
@@ -254,7 +292,12 @@ def create_app(
         plane = rt.plane
         if plane is None:
             return Response("not ready\n", 503)
-        if token not in plane.calls:  # before any JWKS work: junk URLs cost nothing
+        try:
+            known = await plane.knows_token(token)  # before any JWKS work: junk costs nothing
+        except StateUnavailable as exc:
+            logger.warning("%s refused: %s", request_path(), exc)
+            return Response("shared state unavailable\n", 503)
+        if not known:
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
         # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
@@ -274,7 +317,9 @@ def create_app(
         except AuthError as exc:
             logger.warning("%s refused: %s", request_path(), exc)
             return Response("unauthorized\n", 401)
-        record = plane.claim_media(token, ws.headers.get("x-ms-call-connection-id", ""))
+        record = await plane.claim_media_anywhere(
+            token, ws.headers.get("x-ms-call-connection-id", "")
+        )
         if isinstance(record, str):
             logger.warning("%s refused: %s", request_path(), record)
             return Response("forbidden\n", 403)

@@ -15,13 +15,17 @@ import hashlib
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
 
 import trio
 
 from ..call.lifecycle import CallHandle, CallIds, EndReason
 from ..config import SEEN_EVENTS_MAX, ControlTimeouts
-from ..wire.webhook import CallbackEvent, IncomingCall
+from ..errors import StateUnavailable
+from ..wire.webhook import CallbackEvent, IncomingCall, decode_callbacks
 from .acs_rest import AcsRest
+from .call_store import CallStore, StoredCall
 from .supervisor import CallRecord, CallSupervisor
 
 __all__ = ["Admission", "CallRecord", "ControlPlane"]
@@ -41,6 +45,8 @@ class Admission(enum.StrEnum):
     NOT_READY = "not_ready"
     DRAINING = "draining"
     FULL = "full"
+    #: Shared state only: Redis cannot be reached, so no new call can be registered.
+    UNAVAILABLE = "state_unavailable"
 
 
 class ControlPlane:
@@ -53,6 +59,8 @@ class ControlPlane:
         public_base_url: str,
         max_concurrent_calls: int,
         timeouts: ControlTimeouts | None = None,
+        store: CallStore | None = None,
+        cluster_max_calls: int | None = None,
     ) -> None:
         self._rest = rest
         self._base = public_base_url.rstrip("/")
@@ -68,15 +76,23 @@ class ControlPlane:
         #: Set when :meth:`run` has returned (after :meth:`close`, every supervisor done).
         self.finished = trio.Event()
         self.draining = False
+        #: Shared state (``REDIS_URL``); ``None``: one process, everything in the dicts above.
+        self.store = store
+        self._cluster_max_calls = cluster_max_calls
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The server-level nursery; returns after :meth:`close` once every supervisor is done."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await self._closed.wait()
+        async with trio.open_nursery() as shared:
+            if self.store is not None:
+                # Lease, inbox and reaper run until the last supervisor here has ended.
+                await shared.start(self.store.run, self)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._closed.wait()
+            shared.cancel_scope.cancel()
         self._nursery = None
         self.finished.set()
 
@@ -86,7 +102,12 @@ class ControlPlane:
 
     @property
     def ready(self) -> bool:
-        return self._nursery is not None and not self.draining and len(self.calls) < self._max_calls
+        return (
+            self._nursery is not None
+            and not self.draining
+            and len(self.calls) < self._max_calls
+            and (self.store is None or self.store.available)
+        )
 
     async def wait_idle(self) -> None:
         """Return when no call is registered (every call's tasks have ended)."""
@@ -123,10 +144,7 @@ class ControlPlane:
 
     def admit(self, incoming: IncomingCall) -> str:
         """Decide about one IncomingCall without waiting; answering continues in the background."""
-        keys = (
-            "id:" + _digest(incoming.event_id),
-            "ctx:" + _digest(incoming.incoming_call_context),
-        )
+        keys = _seen_keys(incoming)
         if any(key in self._seen for key in keys):
             return Admission.DUPLICATE
         for key in keys:
@@ -139,13 +157,49 @@ class ControlPlane:
             return Admission.DRAINING
         if len(self.calls) >= self._max_calls:
             return Admission.FULL
+        return self._start(incoming, secrets.token_urlsafe(32))
+
+    async def admit_anywhere(self, incoming: IncomingCall) -> str:
+        """:meth:`admit`, with duplicates and the count decided cluster-wide when shared."""
+        if self.store is None:
+            return self.admit(incoming)
+        if self._nursery is None:
+            return Admission.NOT_READY
+        if self.draining:
+            return Admission.DRAINING
+        if len(self.calls) >= self._max_calls:
+            return Admission.FULL
         token = secrets.token_urlsafe(32)
+        call = StoredCall(
+            token,
+            self.store.instance_id,
+            correlation_id=incoming.correlation_id,
+            server_call_id=incoming.server_call_id,
+        )
+        try:
+            outcome = await self.store.admit(_seen_keys(incoming), call, self._cluster_max_calls)
+        except StateUnavailable:
+            return Admission.UNAVAILABLE
+        if outcome != "answering":
+            return Admission.DUPLICATE if outcome == "duplicate" else Admission.FULL
+        if not self._accepting():  # closed or draining while Redis answered
+            await self._release(token)
+            return Admission.DRAINING
+        return self._start(incoming, token)
+
+    def _accepting(self) -> bool:
+        return self._nursery is not None and not self.draining
+
+    def _start(self, incoming: IncomingCall, token: str) -> str:
+        assert self._nursery is not None
         pending_id = f"pending-{incoming.server_call_id[-12:] or incoming.event_id[:12]}"
         record = CallRecord(
             token=token,
             handle=CallHandle(CallIds(pending_id, incoming.correlation_id)),
             incoming=incoming,
         )
+        if self.store is not None:
+            record.handle.conversation = self.store.conversation(token, ())
         # Registered BEFORE answer_call: the media socket may connect before it returns.
         self.calls[token] = record
         self._idle = trio.Event() if self._idle.is_set() else self._idle
@@ -172,6 +226,133 @@ class ControlPlane:
         record.media_attached = True
         record.media_connected.set()
         return record
+
+    def runs_here(self, token: str) -> bool:
+        record = self.calls.get(token)
+        return record is not None and not record.handed_over_to
+
+    async def knows_token(self, token: str) -> bool:
+        """A call token this instance or (shared) any instance holds; StateUnavailable if unsure."""
+        if token in self.calls or self.store is None:
+            return token in self.calls
+        return await self.store.lookup(token) is not None
+
+    async def claim_media_anywhere(self, token: str, call_connection_id: str) -> CallRecord | str:
+        """:meth:`claim_media`; shared: a call answered elsewhere moves here (atomic in Redis)."""
+        if self.store is None or self.runs_here(token):
+            return self.claim_media(token, call_connection_id)
+        if self._nursery is None or self.draining:
+            return "draining: not taking calls from other instances"
+        try:
+            claimed = await self.store.claim(token, call_connection_id)
+        except StateUnavailable:
+            return "shared state unavailable: cannot claim the call"
+        if isinstance(claimed, str):
+            return claimed
+        try:
+            history = await self.store.history(token)
+        except StateUnavailable:
+            history = []  # the call goes on without its context rather than not at all
+        incoming = IncomingCall(
+            event_id="",
+            incoming_call_context="",
+            correlation_id=claimed.correlation_id,
+            server_call_id=claimed.server_call_id,
+            caller="-",
+        )
+        call_id = claimed.call_connection_id or f"pending-{token[:8]}"
+        record = CallRecord(
+            token=token,
+            handle=CallHandle(CallIds(call_id, claimed.correlation_id)),
+            incoming=incoming,
+            call_connection_id=claimed.call_connection_id,
+            adopted=True,
+        )
+        record.handle.conversation = self.store.conversation(token, history)
+        record.media_attached = True
+        record.media_connected.set()
+        logger.info("%s taken over (%d earlier turn(s))", record.ids, len(history))
+        self.calls[token] = record
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._nursery.start_soon(self._supervise, record)
+        return record
+
+    async def route_callbacks(self, token: str, events: list[Any]) -> bool:
+        """Shared: forward callbacks for a call run elsewhere to its owner; True if done so.
+
+        False means "apply them here" (our call, or no shared state).  Raises
+        :class:`StateUnavailable` when Redis cannot say who owns the call.
+        """
+        if self.store is None or self.runs_here(token):
+            return False
+        call = await self.store.lookup(token)
+        if call is None or call.owner == self.store.instance_id:
+            return False  # unknown (on_callback logs it) or being released here
+        if await self.store.forward(call.owner, token, events):
+            logger.info(
+                "callbacks for call=%s forwarded to %s", call.call_connection_id, call.owner
+            )
+        else:
+            logger.warning(
+                "callbacks for call=%s: owner %s is not listening (crashed?); "
+                "a survivor hangs the call up once its lease expires",
+                call.call_connection_id,
+                call.owner,
+            )
+        return True
+
+    # -- hooks for the shared store (StoreHooks) -------------------------------------------------
+
+    def owned_calls(self) -> Iterable[StoredCall]:
+        assert self.store is not None
+        for record in self.calls.values():
+            if record.handed_over_to:
+                continue
+            state = "connected" if record.media_attached else "answering"
+            yield StoredCall(
+                record.token,
+                self.store.instance_id,
+                record.call_connection_id,
+                record.ids.correlation_id,
+                record.incoming.server_call_id,
+                "ending" if record.stop_requested.is_set() else state,
+            )
+
+    def call_taken(self, token: str, new_owner: str) -> None:
+        record = self.calls.get(token)
+        if record is None or record.handed_over_to or self.store is None:
+            return
+        if new_owner == self.store.instance_id:
+            return
+        record.handed_over_to = new_owner
+        logger.info("%s taken over by instance %s: ending it here", record.ids, new_owner)
+        record.end(EndReason.CANCELLED, f"taken over by {new_owner}")
+
+    def deliver_callbacks(self, token: str, events: list[Any]) -> None:
+        for item in decode_callbacks(events):
+            if isinstance(item, CallbackEvent):
+                self.on_callback(token, item)
+            else:
+                logger.warning("forwarded callback %s ignored: %s", item.event_id, item.reason)
+
+    async def hang_up_orphan(self, call: StoredCall, why: str) -> None:
+        incoming = IncomingCall("", "", call.correlation_id, call.server_call_id, "-")
+        record = CallRecord(
+            token=call.token,
+            handle=CallHandle(CallIds(call.call_connection_id or "-", call.correlation_id)),
+            incoming=incoming,
+            call_connection_id=call.call_connection_id,
+        )
+        await self._supervisor.hang_up(record, why)
+
+    async def _release(self, token: str) -> None:
+        if self.store is None:
+            return
+        with trio.move_on_after(self._timeouts.hang_up_s, shield=True):
+            try:
+                await self.store.release(token)
+            except StateUnavailable:
+                logger.warning("call token %s… not released in Redis (unreachable)", token[:4])
 
     def on_callback(self, token: str, event: CallbackEvent) -> None:
         """Apply one Call Automation event to its call (acs-protocol.md §3); never to another."""
@@ -228,17 +409,33 @@ class ControlPlane:
     # -- one call's supervisor -----------------------------------------------------------------
 
     async def _supervise(self, record: CallRecord) -> None:
+        conversation = record.handle.conversation
         try:
-            await self._supervisor.run(
-                record,
-                callback_url=self.callback_url(record.token),
-                transport_url=self.transport_url(record.token),
-            )
+            async with trio.open_nursery() as nursery:
+                if self.store is not None and conversation is not None:
+                    nursery.start_soon(self.store.flush_conversation, conversation)
+                try:
+                    await self._supervisor.run(
+                        record,
+                        callback_url=self.callback_url(record.token),
+                        transport_url=self.transport_url(record.token),
+                    )
+                finally:
+                    if self.store is not None and conversation is not None:
+                        self.store.close_conversation(conversation)
         finally:
-            del self.calls[record.token]
+            if self.calls.get(record.token) is record:  # (a call taken back has a new record)
+                del self.calls[record.token]
+            if not record.handed_over_to:
+                with trio.move_on_after(self._timeouts.hang_up_s, shield=True):
+                    await self._release(record.token)
             if not self.calls:
                 self._idle.set()
             logger.debug("%s released", record.ids)
+
+
+def _seen_keys(incoming: IncomingCall) -> tuple[str, str]:
+    return ("id:" + _digest(incoming.event_id), "ctx:" + _digest(incoming.incoming_call_context))
 
 
 def _digest(text: str) -> str:

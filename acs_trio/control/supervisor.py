@@ -44,6 +44,10 @@ class CallRecord:
     stop_requested: trio.Event = field(default_factory=trio.Event)
     media_connected: trio.Event = field(default_factory=trio.Event)
     media_done: trio.Event = field(default_factory=trio.Event)
+    #: Shared state only: answered by another instance, taken here by its media socket.
+    adopted: bool = False
+    #: Shared state only: the instance that took the call from us (then it hangs up, not us).
+    handed_over_to: str = ""
 
     @property
     def ids(self) -> CallIds:
@@ -78,7 +82,7 @@ class CallSupervisor:
     async def run(self, record: CallRecord, *, callback_url: str, transport_url: str) -> None:
         """One call's whole life.  Nothing but Cancelled escapes: the nursery is every call's."""
         try:
-            if await self._answer(record, callback_url, transport_url):
+            if record.adopted or await self._answer(record, callback_url, transport_url):
                 await self._follow(record)
         except Exception:
             # A bug or an untranslated third-party error: it must cost this call only.
@@ -197,8 +201,20 @@ class CallSupervisor:
             return None
         return f"call ended by us: {summary.end_reason.value} {summary.end_detail}".strip()
 
+    async def hang_up(self, record: CallRecord, why: str) -> None:
+        """Hang up a call this supervisor does not follow (an orphan of a crashed instance)."""
+        await self._hang_up(record, why)
+
     async def _hang_up(self, record: CallRecord, why: str) -> None:
         """Never leave a caller in dead air: shielded, retried, within a total deadline."""
+        if record.handed_over_to:
+            logger.info(
+                "%s not hung up here (%s): instance %s runs the call now",
+                record.ids,
+                why,
+                record.handed_over_to,
+            )
+            return
         if not record.call_connection_id:
             logger.warning("%s cannot hang up (%s): no call_connection_id", record.ids, why)
             return

@@ -88,6 +88,16 @@ def response_create(instructions: str | None = None) -> str:
     return json.dumps({"type": "response.create", "response": {"instructions": instructions}})
 
 
+def conversation_item(role: str, text: str) -> str:
+    """``conversation.item.create`` with a text message: replays a turn into a new session.
+
+    GA content types: ``input_text`` for the user, ``output_text`` for the assistant (§3).
+    """
+    kind = "input_text" if role == "user" else "output_text"
+    item = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+    return json.dumps({"type": "conversation.item.create", "item": item})
+
+
 def input_audio_append(pcm: bytes) -> str:
     """``input_audio_buffer.append`` with PCM16 24 kHz; built by concatenation (hot path)."""
     return (
