@@ -98,7 +98,7 @@ class CallStore(Protocol):
         ...
 
     async def forward(self, owner: str, token: str, events: list[Any]) -> bool:
-        """Send callback events to the owner; False if no live instance of that name listens."""
+        """Queue callback events for the owner; False if no live instance has that name."""
         ...
 
     async def release(self, token: str) -> None:

@@ -241,8 +241,10 @@ class ControlPlane:
         """:meth:`claim_media`; shared: a call answered elsewhere moves here (atomic in Redis)."""
         if self.store is None or self.runs_here(token):
             return self.claim_media(token, call_connection_id)
-        if self._nursery is None or self.draining:
-            return "draining: not taking calls from other instances"
+        if self._nursery is None:
+            return "not ready"
+        # While draining, a media socket that still reaches us (the balancer has not yet taken
+        # this instance out) is served: refusing it would drop the call.  The drain waits for it.
         try:
             claimed = await self.store.claim(token, call_connection_id)
         except StateUnavailable:
@@ -294,7 +296,7 @@ class ControlPlane:
             )
         else:
             logger.warning(
-                "callbacks for call=%s: owner %s is not listening (crashed?); "
+                "callbacks for call=%s: owner %s is not alive (crashed?); "
                 "a survivor hangs the call up once its lease expires",
                 call.call_connection_id,
                 call.owner,

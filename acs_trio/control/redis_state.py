@@ -7,7 +7,9 @@ Keys (prefix ``acs_trio:``)::
     call:<token>       HASH owner, ccid, corr, scid, state
     seen:<sha256>      IncomingCall event ids / contexts already answered (EX SEEN_TTL)
     conv:<token>       LIST of JSON turns: the conversation so far
-    inbox:<id>         pub/sub channel: callbacks forwarded to the owner, "taken" notices
+    inbox:<id>         STREAM: callbacks forwarded to the owner, "taken" notices.  A stream,
+                       not pub/sub: a message waits there while the owner's reader reconnects
+                       (callbacks are not known to be redelivered, so none may be lost)
 
 Every multi-key decision (admission, duplicate check, claim, reap, release) is one Lua script,
 so two instances never both win.  An owner renews its instance lease and re-writes its calls'
@@ -47,6 +49,9 @@ from .call_store import StoredCall, StoreHooks
 __all__ = ["RedisCallStore", "check_redis", "default_instance_id", "open_redis_store"]
 
 logger = logging.getLogger(__name__)
+# coredis logs every retry of every command at INFO: during an outage that is a line per command
+# (per lease round, per call...).  Our own log says it once each way (RedisCallStore._do).
+logging.getLogger("coredis").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 
@@ -56,6 +61,11 @@ CALLS = PREFIX + "calls"
 CONVERSATION_QUEUE = 64
 #: A conversation outlives its call's record this long (a resume may come a little later).
 CONVERSATION_TTL_S = 6 * 3600
+#: The inbox reader blocks this long per XREAD (a message wakes it at once).
+INBOX_BLOCK_MS = 1000
+INBOX_RETRY_S = 0.5
+#: An inbox left by a dead instance disappears after this long.
+INBOX_TTL_S = 600
 #: Most turns replayed into a resumed session (the newest ones).
 CONVERSATION_MAX_TURNS = 200
 
@@ -95,6 +105,14 @@ if ccid == '' then ccid = ARGV[3] end
 redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'state', 'connected', 'ccid', ccid)
 redis.call('SADD', KEYS[1], ARGV[1])
 return {'ok', f[1], ccid, f[3] or '', f[4] or ''}
+"""
+
+# KEYS: owner's instance key, owner's inbox.  ARGV: message, inbox TTL.  0 if the owner is dead.
+_SEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', '10000', '*', 'm', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
 """
 
 _REAP = """
@@ -181,6 +199,7 @@ class RedisCallStore:
         self._claim = client.register_script(_CLAIM)
         self._reap = client.register_script(_REAP)
         self._release = client.register_script(_RELEASE)
+        self._send = client.register_script(_SEND)
 
     # -- health ------------------------------------------------------------------------------
 
@@ -215,7 +234,7 @@ class RedisCallStore:
     ) -> None:
         await self._renew_all(hooks)
         async with trio.open_nursery() as nursery:
-            await nursery.start(self._inbox_loop, hooks)
+            nursery.start_soon(self._inbox_loop, hooks)
             nursery.start_soon(self._lease_loop, hooks)
             nursery.start_soon(self._reaper_loop, hooks)
             task_status.started()
@@ -252,26 +271,26 @@ class RedisCallStore:
         )
         return str(other or "")
 
-    async def _inbox_loop(  # noqa: ASYNC114 - started in run(), not a context manager's
-        self, hooks: StoreHooks, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Forwarded callbacks and "taken" notices; coredis re-subscribes after a Redis restart."""
-        started = False
+    async def _inbox_loop(self, hooks: StoreHooks) -> None:
+        """Read our inbox stream from where we left off; survives Redis going away and back."""
+        key, last = _inbox(self.instance_id), "0-0"
         while True:
             try:
-                async with self._redis.pubsub(
-                    channels=[_inbox(self.instance_id)], ignore_subscribe_messages=True
-                ) as pubsub:
-                    if not started:
-                        started = True
-                        task_status.started()
-                    async for message in pubsub:
-                        self._on_inbox(hooks, message.get("data"))
-            except _REDIS_ERRORS as exc:
-                logger.warning("inbox subscription lost (%s); retrying", exc)
-                if not started:
-                    raise StateUnavailable(f"cannot subscribe to the inbox: {exc}") from exc
-                await trio.sleep(1.0)
+                batches = await self._do(
+                    "inbox read", self._redis.xread({key: last}, count=100, block=INBOX_BLOCK_MS)
+                )
+            except StateUnavailable:
+                await trio.sleep(INBOX_RETRY_S)
+                continue
+            for entry in (batches or {}).get(key, ()):
+                last = str(entry.identifier)
+                self._on_inbox(hooks, entry.field_values.get("m"))
+
+    async def _post(self, owner: str, message: dict[str, Any]) -> bool:
+        keys = [_instance_key(owner), _inbox(owner)]
+        args = [json.dumps(message), str(INBOX_TTL_S)]
+        sent: Any = await self._do("forward", self._send(keys=keys, args=args))
+        return bool(sent)
 
     @staticmethod
     def _on_inbox(hooks: StoreHooks, data: object) -> None:
@@ -397,15 +416,13 @@ class RedisCallStore:
             return f"x-ms-call-connection-id {call_connection_id!r} does not match"
         _, previous, ccid, corr, scid = fields
         if previous != self.instance_id:
-            notice = json.dumps({"kind": "taken", "token": token, "by": self.instance_id})
+            notice = {"kind": "taken", "token": token, "by": self.instance_id}
             with contextlib.suppress(StateUnavailable):  # else it learns at its next renewal
-                await self._do("taken notice", self._redis.publish(_inbox(previous), notice))
+                await self._post(previous, notice)
         return StoredCall(token, self.instance_id, ccid, corr, scid, "connected")
 
     async def forward(self, owner: str, token: str, events: list[Any]) -> bool:
-        message = json.dumps({"kind": "callbacks", "token": token, "events": events})
-        receivers = await self._do("forward", self._redis.publish(_inbox(owner), message))
-        return bool(receivers)
+        return await self._post(owner, {"kind": "callbacks", "token": token, "events": events})
 
     async def release(self, token: str) -> None:
         async with self._records_lock:
