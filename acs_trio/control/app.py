@@ -204,6 +204,7 @@ def create_app(
         if plane is not None and plane.store is not None:
             health["instance"] = plane.store.instance_id
             health["redis"] = "ok" if plane.store.available else "unreachable"
+            health["cluster_calls"] = plane.store.cluster_calls
         return health
 
     @app.get("/readyz")

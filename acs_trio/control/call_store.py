@@ -66,6 +66,8 @@ class StoreHooks(Protocol):
 
 class CallStore(Protocol):
     instance_id: str
+    #: Live calls across all instances, as of the last lease round.
+    cluster_calls: int
 
     @property
     def available(self) -> bool:

@@ -192,6 +192,8 @@ class RedisCallStore:
         self._settings = settings
         self.instance_id = settings.instance_id or default_instance_id()
         self._available = True
+        #: Live calls across the cluster, as of the last lease round (for /healthz and scaling).
+        self.cluster_calls = 0
         #: Renewal writes and release deletes never interleave (no resurrected records).
         self._records_lock = trio.Lock()
         self._admit = client.register_script(_ADMIT)
@@ -256,6 +258,7 @@ class RedisCallStore:
                 other = await self._write(call, "lease renewal")
                 if other:
                     hooks.call_taken(call.token, other)
+            self.cluster_calls = int(await self._do("lease renewal", self._redis.scard(CALLS)))
 
     async def _write(self, call: StoredCall, what: str) -> str:
         args = [

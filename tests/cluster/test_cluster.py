@@ -91,6 +91,11 @@ async def test_one_call_split_over_three_instances(cluster: Cluster, nursery: tr
     assert await _owner(instances) is instances[2]
     assert "taken over by instance i2" in instances[0].text()
     assert await _redis_calls(cluster) == 1
+
+    async def cluster_count_seen_by_i1() -> bool:  # for scaling: the same number everywhere
+        return (await instances[1].health())["cluster_calls"] == 1
+
+    await eventually(cluster_count_seen_by_i1, 3)
     # the greeting reaches the caller from i2
     await eventually(lambda: any('"AudioData"' in m for m in call.received), 5)
 
