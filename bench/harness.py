@@ -40,10 +40,11 @@ def pin_to_core(core: int) -> None:
 async def open_bench(
     out_dir: Path,
     *,
-    server_core: int = 0,
+    server_core: int | str = 0,
     script_kw: dict[str, int] | None = None,
     delta_ms: int = 100,
     server_env: dict[str, str] | None = None,
+    server_args: tuple[str, ...] = (),
 ) -> AsyncIterator[Bench]:
     sink = Sink()
     tls = make_tls_files(out_dir / "tls")
@@ -65,7 +66,7 @@ async def open_bench(
         "LOG_LEVEL": os.environ.get("BENCH_SERVER_LOG_LEVEL", "WARNING"),
         **(server_env or {}),
     }
-    server = ServerProcess(env, out_dir, core=server_core)
+    server = ServerProcess(env, out_dir, core=server_core, extra_args=server_args)
     await server.start()
     gen = Generator(sink, signer, server.url, script_kw=script_kw)
     # Share the registries the fake endpoints were given.

@@ -3,6 +3,7 @@
     python bench/load.py [run] [--quick] [--levels 1,10,25,...] [--hold 30] [--call-s 30]
     python bench/load.py leak [--calls 2000] [--concurrency 16] [--call-s 2.5]
     python bench/load.py profile --calls 100 [--seconds 30]
+    python bench/load.py cluster [--levels 20] [--workers-levels 20,40,60,...]
 
 The server runs as its own process pinned to core 0 (``taskset -c 0``); this process (fake ACS
 REST + JWKS over TLS, the fake realtime model, all media clients; asyncio + uvloop + picows +
@@ -26,7 +27,7 @@ from harness import pin_to_core  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/load.py", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "mode", nargs="?", default="run", choices=["run", "leak", "profile", "smoke"]
+        "mode", nargs="?", default="run", choices=["run", "leak", "profile", "smoke", "cluster"]
     )
     parser.add_argument(
         "--quick", action="store_true", help="about one minute: levels 1,5,10, short windows"
@@ -51,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=32, help="leak: calls at once")
     parser.add_argument("--seconds", type=float, default=30.0, help="profile: sampling time, s")
+    parser.add_argument("--rounds", type=int, default=3, help="cluster: A/B rounds")
+    parser.add_argument(
+        "--workers-levels",
+        default="20,40,60,80,100,120",
+        help="cluster: ramp for --workers 1 vs 2 (empty: skip)",
+    )
     parser.add_argument("--keep-going", action="store_true", help="run: do not stop at saturation")
     parser.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
     parser.add_argument(
@@ -63,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         from leak import leak_main as target
     elif args.mode == "profile":
         from spy import profile_main as target
+    elif args.mode == "cluster":
+        from cluster import cluster_main as target
     elif args.mode == "smoke":
         from levels import smoke_main as target
     else:

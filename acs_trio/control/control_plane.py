@@ -169,6 +169,9 @@ class ControlPlane:
             return Admission.DRAINING
         if len(self.calls) >= self._max_calls:
             return Admission.FULL
+        if not self.store.available:
+            # Known down (logged once): answer 503 at once; the lease loop notices it is back.
+            return Admission.UNAVAILABLE
         token = secrets.token_urlsafe(32)
         call = StoredCall(
             token,
