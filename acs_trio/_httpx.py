@@ -1,7 +1,7 @@
 """The one place that names the HTTP client library.
 
 The design card names httpx; flake8-async (ASYNC127) now recommends httpx2, its maintained
-continuation with the same API (performance-notes.md).  Every module imports ``httpx`` from here, so
+continuation with the same API (docs/performance.md, "Earlier measurements").  Every module imports ``httpx`` from here, so
 switching is this one line: ``import httpx2 as httpx``.
 """
 

@@ -15,6 +15,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("acs_trio.control.server", "run the server (hypercorn, trio worker)"),
     "peer": ("acs_trio.testing.realtime.server", "run the local realtime test peer"),
     "simulate": ("acs_trio.testing.acs.cli", "play ACS against a running server"),
+    "phone": (
+        "acs_trio.demo.phone",
+        "talk to the agent from a browser: the softphone page (local test peer or your model)",
+    ),
     "demo": (
         "acs_trio.demo.offline_call",
         "run one offline demo call end to end and write demo-out/",

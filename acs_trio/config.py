@@ -8,6 +8,8 @@ whether ``timeout`` is seconds or milliseconds.  A missing or invalid value rais
 from __future__ import annotations
 
 import os
+import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -16,6 +18,8 @@ from urllib.parse import quote, urlsplit
 from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_REALTIME_MODEL",
+    "REALTIME_MODEL_SHUTDOWNS",
     "AcsSettings",
     "AgentSettings",
     "CallLimits",
@@ -24,13 +28,16 @@ __all__ = [
     "ModelEndpoint",
     "ServerSettings",
     "Settings",
+    "SoftphoneSettings",
+    "model_shutdown_warning",
+    "transcription_shutdown_warning",
 ]
 
-#: The official Call Automation token issuer and key set (acs-protocol.md §5.1).
+#: The official Call Automation token issuer and key set (docs/protocols/acs.md §5.1).
 DEFAULT_ACS_JWT_ISSUER = "https://acscallautomation.communication.azure.com"
 DEFAULT_ACS_JWKS_URL = "https://acscallautomation.communication.azure.com/calling/keys"
 
-#: Voices accepted by the GA session (realtime-protocol.md §2.1).
+#: Voices accepted by the GA session (docs/protocols/realtime.md §2.1).
 KNOWN_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
@@ -43,7 +50,73 @@ DEFAULT_GREETING = "Greet the caller in one short sentence and ask how you can h
 
 T = TypeVar("T")
 
-#: ACS streams 20 ms frames (acs-protocol.md §4.3).
+#: A current GA realtime model.  The openai SDK 3.63.0 (PyPI, 2026-12) lists it among the session
+#: models (``types/realtime/realtime_session_create_request_param.py``) and not among the
+#: deprecated ones; docs/protocols/realtime.md §2.1 has the notice quoted.
+DEFAULT_REALTIME_MODEL = "gpt-realtime-2.1"
+
+#: Model names with an announced shutdown date.  Source: the openai SDK 3.63.0 docstring of the
+#: session ``model`` field: 'Deprecated values: "gpt-realtime", "gpt-realtime-2025-08-28",
+#: "gpt-realtime-mini", "gpt-realtime-mini-2025-12-15", "gpt-audio-mini",
+#: "gpt-audio-mini-2025-12-15": Announced shutdown date: 2027-01-20. See
+#: https://developers.openai.com/api/docs/deprecations'.
+REALTIME_MODEL_SHUTDOWNS: dict[str, str] = dict.fromkeys(
+    (
+        "gpt-realtime",
+        "gpt-realtime-2025-08-28",
+        "gpt-realtime-mini",
+        "gpt-realtime-mini-2025-12-15",
+        "gpt-audio-mini",
+        "gpt-audio-mini-2025-12-15",
+    ),
+    "2027-01-20",
+)
+
+
+def model_shutdown_warning(model: str) -> str | None:
+    """A start-up warning when ``model`` is on :data:`REALTIME_MODEL_SHUTDOWNS`, else None."""
+    date = REALTIME_MODEL_SHUTDOWNS.get(model.strip().lower())
+    if date is None:
+        return None
+    return (
+        f"realtime model {model!r} has an announced shutdown date of {date} "
+        f"(https://developers.openai.com/api/docs/deprecations); "
+        f"move to a current model such as {DEFAULT_REALTIME_MODEL!r}"
+    )
+
+
+#: Input transcription models with an announced shutdown date (the replay after a reconnect
+#: needs the caller's transcripts).  Source: the openai SDK 3.63.0 docstring of
+#: ``AudioTranscription.model`` (``types/realtime/audio_transcription.py``): 'Deprecated values:
+#: "whisper-1", "gpt-4o-mini-transcribe", "gpt-4o-mini-transcribe-2025-12-15",
+#: "gpt-4o-transcribe", "gpt-4o-transcribe-diarize": Announced shutdown date: 2027-02-26.'
+#: The same docstring lists ``gpt-transcribe``, ``gpt-live-transcribe`` and
+#: ``gpt-realtime-whisper`` as current options (their availability on Azure is not verified).
+TRANSCRIPTION_MODEL_SHUTDOWNS: dict[str, str] = dict.fromkeys(
+    (
+        "whisper-1",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-transcribe-2025-12-15",
+        "gpt-4o-transcribe",
+        "gpt-4o-transcribe-diarize",
+    ),
+    "2027-02-26",
+)
+
+
+def transcription_shutdown_warning(model: str) -> str | None:
+    """A start-up warning when ``model`` is on :data:`TRANSCRIPTION_MODEL_SHUTDOWNS`."""
+    date = TRANSCRIPTION_MODEL_SHUTDOWNS.get(model.strip().lower())
+    if date is None:
+        return None
+    return (
+        f"input transcription model {model!r} has an announced shutdown date of {date} "
+        f"(https://developers.openai.com/api/docs/deprecations); set INPUT_TRANSCRIPTION_MODEL "
+        f"to a current one (the openai SDK lists 'gpt-transcribe')"
+    )
+
+
+#: ACS streams 20 ms frames (docs/protocols/acs.md §4.3).
 ACS_FRAME_MS = 20
 
 
@@ -69,7 +142,8 @@ class AgentSettings:
     #: Instructions for a greeting response at call start; ``None`` waits for the caller.
     greeting: str | None = DEFAULT_GREETING
     #: The model name sent in ``session.model`` (OpenAI); Azure ignores it in favour of the URL.
-    model: str = "gpt-realtime"
+    #: Not ``gpt-realtime``: see :data:`REALTIME_MODEL_SHUTDOWNS`.
+    model: str = DEFAULT_REALTIME_MODEL
     vad_threshold: float = 0.5
     vad_prefix_padding_ms: int = 300
     vad_silence_duration_ms: int = 500
@@ -91,7 +165,7 @@ class CallLimits:
     close_timeout_s: float = 2.0
     #: How far ahead of real time outbound audio may run (ACS buffers it; StopAudio flushes it).
     playout_lead_ms: int = 100
-    #: Agent audio per outbound AudioData message.  20 ms matches ACS's own cadence (acs-protocol.md
+    #: Agent audio per outbound AudioData message.  20 ms matches ACS's own cadence (docs/protocols/acs.md
     #: §4.3) and keeps StopAudio granular; larger frames cost less CPU per call (docs/performance.md).
     frame_ms: int = 20
     #: Caller audio is batched into one ``input_audio_buffer.append`` per this many ms.
@@ -104,6 +178,30 @@ class CallLimits:
     max_model_message_bytes: int = 4 * 1024 * 1024
     #: Undecodable messages from ACS tolerated before the call is ended as a protocol error.
     max_bad_messages: int = 100
+    # --- the model session (docs/architecture.md, "The model session") ---
+    #: Wait this long for ``session.updated`` after ``session.update``; else the session failed.
+    session_ready_timeout_s: float = 5.0
+    #: This many ``response.done`` in a row with status failed/incomplete end the call.
+    max_failed_responses: int = 3
+    #: Total time a call may spend re-opening its model session after a drop; then it ends.
+    model_reconnect_budget_s: float = 10.0
+    #: Jittered exponential back-off between reconnect attempts: first and largest delay.
+    model_backoff_first_s: float = 0.2
+    model_backoff_max_s: float = 2.0
+    #: Caller audio kept while no session is open (sent to the next one); older audio is dropped
+    #: and counted.
+    model_gap_audio_ms: int = 2000
+    #: WebSocket ping every this many s; no pong within the timeout means a dead link.
+    model_ping_interval_s: float = 10.0
+    model_pong_timeout_s: float = 5.0
+    #: Move to a fresh session at the first quiet moment in the last this-many s before the
+    #: session's ``expires_at``; at ``expires_at`` minus ``session_recycle_force_s`` regardless.
+    session_recycle_margin_s: float = 120.0
+    session_recycle_force_s: float = 10.0
+    #: Session length assumed when ``session.created`` has no ``expires_at`` (Azure: 30 min).
+    session_default_lifetime_s: float = 1800.0
+    #: Most transcript characters replayed into a new session (oldest dropped first).
+    replay_max_chars: int = 24_000
 
 
 @dataclass(frozen=True)
@@ -149,11 +247,18 @@ JWT_LEEWAY_S = 60.0
 JWKS_REFRESH_INTERVAL_S = 60.0
 JWKS_EMPTY_RETRY_S = 1.0
 JWKS_FETCH_TIMEOUT_S = 5.0
+#: Softphone (docs/softphone.md): browser calls at once, events queued per call (dropped when
+#: the page does not keep up), and how long the page has to open its media socket.
+SOFTPHONE_MAX_CALLS = 4
+SOFTPHONE_EVENT_QUEUE = 256
+SOFTPHONE_MEDIA_CONNECT_S = 10.0
+#: Shortest SOFTPHONE_TOKEN accepted (the token is the page's only credential).
+SOFTPHONE_MIN_TOKEN_CHARS = 22
 
 
 @dataclass(frozen=True)
 class AcsSettings:
-    """Call Automation resource, public URL and token checks (acs-protocol.md §2, §5)."""
+    """Call Automation resource, public URL and token checks (docs/protocols/acs.md §2, §5)."""
 
     connection_string: str
     #: The https base URL ACS reaches; callback and wss media URLs are built from it.
@@ -177,6 +282,21 @@ class ServerSettings:
     max_concurrent_calls: int = 200
     #: On shutdown, live calls get this long before they are ended (and hung up).
     shutdown_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SoftphoneSettings:
+    """The browser softphone page (docs/softphone.md); off unless ``SOFTPHONE=1``."""
+
+    #: The secret in the page's URL (``/softphone/<token>/``); every softphone route checks it.
+    token: str
+
+    def __repr__(self) -> str:  # never print the token
+        return "SoftphoneSettings(token=…)"
+
+    @classmethod
+    def generated(cls) -> SoftphoneSettings:
+        return cls(token=secrets.token_urlsafe(24))
 
 
 @dataclass(frozen=True)
@@ -215,6 +335,8 @@ class Settings:
     acs: AcsSettings | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
     log_level: str = "INFO"
+    #: None (the default): no softphone route exists.
+    softphone: SoftphoneSettings | None = None
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @classmethod
@@ -236,6 +358,7 @@ class Settings:
                 ),
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
+            softphone=_softphone_from_env(env),
             cluster=_cluster_from_env(env),
         )
 
@@ -342,9 +465,9 @@ def _https_base(value: str) -> str:
 
 
 def _model_from_env(env: _Env) -> ModelEndpoint | None:
-    """Pick the model endpoint: explicit URL, then Azure OpenAI, then OpenAI, else the local peer.
+    """Pick the model endpoint: explicit URL, then Azure OpenAI, then OpenAI, else None (serve fails closed).
 
-    URL shapes and auth headers: realtime-protocol.md §1.1 (OpenAI: ``/v1/realtime?model=``,
+    URL shapes and auth headers: docs/protocols/realtime.md §1.1 (OpenAI: ``/v1/realtime?model=``,
     Bearer) and §1.2 (Azure GA: ``/openai/v1/realtime?model=<deployment>``, ``api-key`` header, no
     ``api-version`` and no ``OpenAI-Beta`` header).
     """
@@ -416,6 +539,14 @@ def _limits_from_env(env: _Env) -> CallLimits:
         playout_lead_ms=env.get("PLAYOUT_LEAD_MS", _positive_int, d.playout_lead_ms),
         append_batch_ms=env.get("APPEND_BATCH_MS", _positive_int, d.append_batch_ms),
         frame_ms=env.get("OUTBOUND_FRAME_MS", _positive_int, d.frame_ms),
+        model_reconnect_budget_s=env.get(
+            "MODEL_RECONNECT_BUDGET_S", _non_negative_float, d.model_reconnect_budget_s
+        ),
+        model_ping_interval_s=env.get(
+            "MODEL_PING_INTERVAL_S", _positive_float, d.model_ping_interval_s
+        ),
+        model_gap_audio_ms=env.get("MODEL_GAP_AUDIO_MS", _positive_int, d.model_gap_audio_ms),
+        max_failed_responses=env.get("MAX_FAILED_RESPONSES", _positive_int, d.max_failed_responses),
     )
     if limits.append_batch_ms % ACS_FRAME_MS:
         raise ConfigError(f"APPEND_BATCH_MS must be a multiple of {ACS_FRAME_MS} (ACS frames)")
@@ -447,6 +578,33 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
         jwks_url=env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL),
         jwt_issuer=env.get("ACS_JWT_ISSUER", str, DEFAULT_ACS_JWT_ISSUER),
     )
+
+
+def _switch(value: str) -> bool:
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1 or 0")
+
+
+def _softphone_from_env(env: _Env) -> SoftphoneSettings | None:
+    enabled = env.get("SOFTPHONE", _switch, False)
+    token = env.raw("SOFTPHONE_TOKEN")
+    if not enabled:
+        if token is not None:
+            raise ConfigError(
+                "SOFTPHONE_TOKEN is set but SOFTPHONE is not 1: set SOFTPHONE=1 or unset it"
+            )
+        return None
+    if token is None:
+        return SoftphoneSettings.generated()
+    if len(token) < SOFTPHONE_MIN_TOKEN_CHARS or re.fullmatch(r"[A-Za-z0-9_-]+", token) is None:
+        raise ConfigError(
+            f"SOFTPHONE_TOKEN must be at least {SOFTPHONE_MIN_TOKEN_CHARS} URL-safe characters "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
+    return SoftphoneSettings(token=token)
 
 
 def _redis_url(value: str) -> str:

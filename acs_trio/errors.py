@@ -31,6 +31,7 @@ __all__ = [
     "ModelConnectError",
     "ModelError",
     "ModelRejected",
+    "ModelSessionFailed",
     "ProtocolError",
     "StateUnavailable",
 ]
@@ -67,9 +68,13 @@ class ModelConnectError(ModelError):
 class ModelRejected(ModelError):
     """The model refused the WebSocket handshake with an HTTP status."""
 
-    def __init__(self, message: str, *, status_code: int) -> None:
+    def __init__(
+        self, message: str, *, status_code: int, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        #: The response's ``Retry-After`` in seconds, when it had a parseable one.
+        self.retry_after_s = retry_after_s
 
 
 class ModelClosed(ModelError):
@@ -78,6 +83,16 @@ class ModelClosed(ModelError):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ModelSessionFailed(ModelError):
+    """An open model session cannot be used: ``session.update`` rejected or unconfirmed, a
+    dead link (no pong), or a retryable ``error`` event.  ``retryable`` says whether a fresh
+    session may fix it."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class AcsRestError(AcsTrioError):

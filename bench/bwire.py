@@ -19,7 +19,7 @@ import binascii
 import struct
 from dataclasses import dataclass, field
 
-FRAME_BYTES = 960  # 20 ms PCM16 mono at 24 kHz (acs-protocol.md §4.3)
+FRAME_BYTES = 960  # 20 ms PCM16 mono at 24 kHz (docs/protocols/acs.md §4.3)
 FRAME_B64 = 1280
 MARK_BYTES = 24
 MARK_B64 = 32

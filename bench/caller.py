@@ -1,6 +1,6 @@
 """Simulated ACS calls on asyncio + picows: Event Grid IncomingCall, callbacks, the media socket.
 
-One :class:`Call` is one phone call as ACS would drive it (acs-protocol.md §0–§5): POST the Event
+One :class:`Call` is one phone call as ACS would drive it (docs/protocols/acs.md §0–§5): POST the Event
 Grid ``IncomingCall`` (§1.3), learn the per-call callback and transport URLs from the answer the
 server sends to the fake REST endpoint, POST ``CallConnected`` (§3) with a signed JWT (§5.1), open
 the media WebSocket with ``Authorization: Bearer``, ``x-ms-call-connection-id`` and

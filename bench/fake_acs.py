@@ -1,6 +1,6 @@
 """The Call Automation REST endpoint and JWKS the server talks to, on aiohttp over local TLS.
 
-Only what a call's life needs (acs-protocol.md §2.2, §2.4, §5.1): ``POST
+Only what a call's life needs (docs/protocols/acs.md §2.2, §2.4, §5.1): ``POST
 /calling/callConnections:answer?api-version=…`` → 200 with ``CallConnectionProperties``;
 ``POST /calling/callConnections/{id}:terminate`` and ``DELETE /calling/callConnections/{id}``
 → 204; ``GET /calling/keys`` → the JWKS.  Unlike acs_trio's simulator it does not check the SDK's

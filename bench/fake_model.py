@@ -1,4 +1,4 @@
-"""A scripted realtime model on picows, speaking the GA event names (realtime-protocol.md §2–§5).
+"""A scripted realtime model on picows, speaking the GA event names (docs/protocols/realtime.md §2–§5).
 
 Not a VAD: the caller frames carry their call id and frame number (see :mod:`bwire`), and each
 call's :class:`~bwire.Script` says at which frame the caller starts and stops speaking.  For every

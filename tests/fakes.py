@@ -1,6 +1,6 @@
 """In-process peers for call tests: a fake ACS and a fake realtime model.
 
-Both speak the real wire formats (acs-protocol.md §4.2/§4.4, realtime-protocol.md §2/§3) over real
+Both speak the real wire formats (docs/protocols/acs.md §4.2/§4.4, docs/protocols/realtime.md §2/§3) over real
 trio-websocket connections whose transport is an in-memory stream pair, so a whole call runs under
 ``autojump_clock`` with exact virtual times and no sockets.  Each peer records what it saw, with
 the virtual time, for the test to assert on.
@@ -9,6 +9,7 @@ the virtual time, for the test to assert on.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,12 +37,43 @@ def pcm_tone(ms: int, value: int = 1000, rate: int = 24000) -> bytes:
     return int(value).to_bytes(2, "little", signed=True) * (rate * ms // 1000)
 
 
+class FreezableStream(trio.abc.Stream):
+    """A stream that can go half-open: once frozen it reads nothing and its writes vanish, as
+    when a NAT or load balancer silently drops a connection."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.frozen = False
+        self._thawed = trio.Event()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.frozen:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.frozen:
+            await self._thawed.wait()  # never set: the peer is gone
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 async def open_ws_pair(
     nursery: trio.Nursery,
     *,
     server_nursery: trio.Nursery | None = None,
     lockstep: bool = False,
     max_message_size: int = 2**20,
+    wrap_server: Callable[[trio.abc.Stream], trio.abc.Stream] | None = None,
 ) -> tuple[WebSocketConnection, WebSocketConnection]:
     """A connected (client, server) trio-websocket pair over memory streams.
 
@@ -53,6 +85,8 @@ async def open_ws_pair(
     server_nursery = server_nursery or nursery
     make = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
     client_stream, server_stream = make()
+    if wrap_server is not None:
+        server_stream = wrap_server(server_stream)
     hand_over, handed = trio.open_memory_channel[WebSocketConnection](1)
 
     async def server_side() -> None:
@@ -189,50 +223,140 @@ class FakeAcs:
 
 
 class FakeModel:
-    """A scripted realtime model: records client events; the test sends its server events."""
+    """A scripted realtime model: records client events; the test sends its server events.
+
+    Like the service it opens each connection with ``session.created`` (with ``expires_at``
+    when ``session_lifetime_s`` is set) and answers ``session.update`` with ``session.updated``
+    echoing the configuration, or with an ``error`` naming its ``event_id`` when
+    ``reject_session_update`` is set.  Every connection is kept in ``connections``; ``seen`` and
+    ``ws`` are the latest one's.
+    """
 
     def __init__(
-        self, nursery: trio.Nursery, *, lockstep: bool = False, max_message_size: int = 2**20
+        self,
+        nursery: trio.Nursery,
+        *,
+        lockstep: bool = False,
+        max_message_size: int = 2**20,
+        session_lifetime_s: float | None = None,
+        wall_clock: Callable[[], float] | None = None,
+        connect_delay_s: float = 0.0,
     ) -> None:
         self.nursery = nursery  # where the "remote" model runs: outside the call's task tree
         self.lockstep = lockstep
         self.max_message_size = max_message_size
-        self.seen = Seen()
+        self.session_lifetime_s = session_lifetime_s
+        self.wall_clock = wall_clock
+        self.connect_delay_s = connect_delay_s
+        self.connections: list[Seen] = []
+        self.connected_at: list[float] = []
+        self.streams: list[FreezableStream] = []
         self.connected = trio.Event()
+        self.new_connection = trio.Event()
         self.ws: WebSocketConnection | None = None
         self.reading = True
+        self.answer_session_update = True
+        self.reject_session_update = False
+        #: Refuse the next handshakes with these (HTTP status, Retry-After s), then accept.
+        self.refuse_with: list[tuple[int, float | None]] = []
         self._resume = trio.Event()
+        self._arrived = trio.Event()
         self._ids = 0
+
+    async def wait_for(self, type_: str) -> dict[str, Any]:
+        """The first client event of this type on the latest connection, once it has arrived."""
+        while not self.events(type_):
+            await self._arrived.wait()
+        return self.events(type_)[0]
+
+    @property
+    def seen(self) -> Seen:
+        return self.connections[-1] if self.connections else Seen()
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[WebsocketModelSocket]:
         """A ModelConnector: one in-memory socket to this fake per call, seen through the
         production adapter (so ModelClosed translation is what the calls under test get)."""
+        from acs_trio.errors import ModelRejected
+
+        await trio.sleep(self.connect_delay_s)  # DNS + TCP + TLS + HTTP upgrade
+        if self.refuse_with:
+            status, retry_after = self.refuse_with.pop(0)
+            raise ModelRejected(f"HTTP {status}", status_code=status, retry_after_s=retry_after)
         async with trio.open_nursery() as nursery:
+
+            def wrap(stream: trio.abc.Stream) -> trio.abc.Stream:
+                freezable = FreezableStream(stream)
+                self.streams.append(freezable)
+                return freezable
+
             client, server = await open_ws_pair(
                 nursery,
                 server_nursery=self.nursery,
                 lockstep=self.lockstep,
                 max_message_size=self.max_message_size,
+                wrap_server=wrap,
             )
             self.ws = server
-            self.nursery.start_soon(self._record, server)
+            seen = Seen()
+            self.connections.append(seen)
+            self.connected_at.append(trio.current_time())
+            await self.send(self._session_created())
+            self.nursery.start_soon(self._record, server, seen)
             self.connected.set()
+            self.new_connection.set()
+            self.new_connection = trio.Event()
             try:
                 yield WebsocketModelSocket(client)
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _record(self, ws: WebSocketConnection) -> None:
+    def _session_created(self) -> dict[str, Any]:
+        session: dict[str, Any] = {"object": "realtime.session", "type": "realtime"}
+        if self.session_lifetime_s is not None:
+            assert self.wall_clock is not None
+            session["expires_at"] = int(self.wall_clock() + self.session_lifetime_s)
+        return {"type": "session.created", "event_id": self.next_id("event"), "session": session}
+
+    async def _record(self, ws: WebSocketConnection, seen: Seen) -> None:
         while True:
             if not self.reading:
                 await self._resume.wait()
             try:
                 raw = await ws.get_message()
             except ConnectionClosed as exc:
-                self.seen.closed, self.seen.closed_at = exc.reason, trio.current_time()
+                seen.closed, seen.closed_at = exc.reason, trio.current_time()
                 return
-            self.seen.messages.append((trio.current_time(), json.loads(raw)))
+            message = json.loads(raw)
+            seen.messages.append((trio.current_time(), message))
+            self._arrived.set()
+            self._arrived = trio.Event()
+            if message.get("type") == "session.update" and self.answer_session_update:
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send_message(json.dumps(self._session_updated(message)))
+
+    def _session_updated(self, update: dict[str, Any]) -> dict[str, Any]:
+        if self.reject_session_update:
+            return {
+                "type": "error",
+                "event_id": self.next_id("event"),
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "invalid_value",
+                    "message": "Invalid value: 'nope'. Supported values are: 'alloy', ...",
+                    "param": "session.audio.output.voice",
+                    "event_id": update.get("event_id"),
+                },
+            }
+        return {
+            "type": "session.updated",
+            "event_id": self.next_id("event"),
+            "session": {"object": "realtime.session", **update["session"]},
+        }
+
+    def freeze(self) -> None:
+        """The link goes half-open: this end neither reads nor writes any more (no pongs)."""
+        self.streams[-1].freeze()
 
     def stop_reading(self) -> None:
         self.reading = False
@@ -333,3 +457,61 @@ class FakeModel:
             await self.audio_delta(response_id, item_id, pcm_tone(chunk_ms, value))
         await self.finish_response(response_id, item_id)
         return response_id, item_id
+
+    async def output_item_added(self, response_id: str, item_id: str) -> None:
+        await self.send(
+            {
+                "type": "response.output_item.added",
+                "event_id": self.next_id("event"),
+                "response_id": response_id,
+                "output_index": 0,
+                "item": {
+                    "id": item_id,
+                    "object": "realtime.item",
+                    "type": "message",
+                    "status": "in_progress",
+                    "role": "assistant",
+                    "content": [],
+                },
+            }
+        )
+
+    async def transcript_delta(self, response_id: str, item_id: str, text: str) -> None:
+        await self.send(
+            {
+                "type": "response.output_audio_transcript.delta",
+                "event_id": self.next_id("event"),
+                "response_id": response_id,
+                "item_id": item_id,
+                "output_index": 0,
+                "content_index": 0,
+                "delta": text,
+            }
+        )
+
+    async def caller_transcript(self, item_id: str, text: str) -> None:
+        await self.send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "event_id": self.next_id("event"),
+                "item_id": item_id,
+                "content_index": 0,
+                "transcript": text,
+            }
+        )
+
+    async def response_done(
+        self, response_id: str, status: str, details: dict[str, Any] | None = None
+    ) -> None:
+        await self.send(
+            {
+                "type": "response.done",
+                "event_id": self.next_id("event"),
+                "response": {
+                    "object": "realtime.response",
+                    "id": response_id,
+                    "status": status,
+                    "status_details": details,
+                },
+            }
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from acs_trio.config import Settings
+from acs_trio.config import AgentSettings, Settings
 from acs_trio.errors import ConfigError
 
 
@@ -107,6 +107,53 @@ def test_a_plain_http_azure_endpoint_means_a_plain_ws_socket() -> None:
     ).model
     assert model is not None
     assert model.url == "ws://127.0.0.1:9000/openai/v1/realtime?model=d"
+
+
+def test_default_model_is_current_and_shutdown_names_are_warned() -> None:
+    from acs_trio.config import (
+        DEFAULT_REALTIME_MODEL,
+        REALTIME_MODEL_SHUTDOWNS,
+        model_shutdown_warning,
+    )
+
+    assert DEFAULT_REALTIME_MODEL not in REALTIME_MODEL_SHUTDOWNS
+    assert Settings.from_env({}).agent.model == DEFAULT_REALTIME_MODEL
+    assert model_shutdown_warning(DEFAULT_REALTIME_MODEL) is None
+    warning = model_shutdown_warning("gpt-realtime")
+    assert warning is not None and "2027-01-20" in warning and "gpt-realtime-2.1" in warning
+
+
+def test_model_session_limits_from_the_environment() -> None:
+    limits = Settings.from_env(
+        {
+            "MODEL_RECONNECT_BUDGET_S": "4",
+            "MODEL_PING_INTERVAL_S": "15",
+            "MODEL_GAP_AUDIO_MS": "1000",
+            "MAX_FAILED_RESPONSES": "5",
+        }
+    ).limits
+    assert (
+        limits.model_reconnect_budget_s,
+        limits.model_ping_interval_s,
+        limits.model_gap_audio_ms,
+        limits.max_failed_responses,
+    ) == (4, 15, 1000, 5)
+    with pytest.raises(ConfigError, match="MAX_FAILED_RESPONSES"):
+        Settings.from_env({"MAX_FAILED_RESPONSES": "0"})
+
+
+def test_transcription_models_with_a_shutdown_date_are_warned() -> None:
+    # openai SDK 3.63.0, types/realtime/audio_transcription.py: "Deprecated values: whisper-1,
+    # gpt-4o-mini-transcribe, …, gpt-4o-transcribe, gpt-4o-transcribe-diarize: Announced
+    # shutdown date: 2027-02-26".
+    from acs_trio.config import transcription_shutdown_warning
+
+    default = AgentSettings().transcription_model
+    warning = transcription_shutdown_warning(default)
+    assert warning is not None and "2027-02-26" in warning
+    assert "INPUT_TRANSCRIPTION_MODEL" in warning
+    assert transcription_shutdown_warning("gpt-transcribe") is None
+    assert transcription_shutdown_warning("") is None  # transcription disabled
 
 
 def test_no_redis_url_means_one_process() -> None:

@@ -24,21 +24,34 @@ The ACS socket is closed last, under a shielded deadline, and one summary line i
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+import math
+from collections import deque
+from typing import Any
 
 import trio
 
 from ..config import AgentSettings, CallLimits
-from ..errors import MediaClosed, ModelClosed, ModelConnectError, ModelRejected, ProtocolError
+from ..errors import (
+    MediaClosed,
+    ModelClosed,
+    ModelConnectError,
+    ModelError,
+    ModelRejected,
+    ModelSessionFailed,
+    ProtocolError,
+)
 from ..wire import realtime as rt
 from ..wire.acs_media import AudioData, AudioMetadata, DtmfData, UnknownKind, parse_acs_message
-from .agent_audio import AgentAudio
+from .agent_audio import AgentAudio, OutboundFrame
 from .caller_audio import CallerAudio
+from .conversation import Conversation
 from .conversation_store import Turn
+from .events import CallEvent, CallEventSink
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
+from .model_session import RETRYABLE_ERROR_CODES, Backoff, EventIds, configure_session, is_retryable
 from .model_socket import ModelConnector, ModelSocket
-from .playout import OutboundFrame, Playout
+from .playout import Playout
 
 __all__ = ["run_call"]
 
@@ -46,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 #: Distinct unknown media kinds counted by name; the rest are counted as "(other)".
 _MAX_UNKNOWN_KINDS = 32
+#: How often a session near its expiry checks for a quiet moment to be replaced.
+_QUIET_POLL_S = 0.1
 
 
 async def run_call(
@@ -55,12 +70,24 @@ async def run_call(
     handle: CallHandle,
     agent: AgentSettings,
     limits: CallLimits,
+    events: CallEventSink | None = None,
 ) -> CallSummary:
     """Bridge one call until it ends; see the module docstring.
 
+    ``events``, if given, is called with each :data:`~acs_trio.call.events.CallEvent` (transcripts,
+    latencies, barge-ins, the end); it must not block or raise.
+
     Never raises, except ``trio.Cancelled`` from an enclosing scope (after the same cleanup).
     """
-    return await _CallBridge(media, handle, agent, limits).run(connect_model)
+    return await _CallBridge(media, handle, agent, limits, events).run(connect_model)
+
+
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first exception in a (possibly nested) group: the one that ended the session."""
+    first: Exception | BaseExceptionGroup[Exception] = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 class _CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -72,9 +99,15 @@ class _CallBridge:
     """All state of one call lives here and dies with it: nothing is shared between calls."""
 
     def __init__(
-        self, media: MediaSocket, handle: CallHandle, agent: AgentSettings, limits: CallLimits
+        self,
+        media: MediaSocket,
+        handle: CallHandle,
+        agent: AgentSettings,
+        limits: CallLimits,
+        events: CallEventSink | None = None,
     ) -> None:
         self.media = media
+        self.events = events
         self.handle = handle
         self.agent = agent
         self.limits = limits
@@ -93,17 +126,59 @@ class _CallBridge:
         self.frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
             max(1, limits.outbound_buffer_ms // limits.frame_ms)
         )
-        self.playout = Playout(media, frames_recv, self.summary, lead_ms=limits.playout_lead_ms)
+        self.playout = Playout(
+            media,
+            frames_recv,
+            self.summary,
+            lead_ms=limits.playout_lead_ms,
+            cut_line=self.agent_audio.cut_line,
+            events=events,
+        )
         # Cancelled by end(); created up front so an early end applies the moment they are entered.
         self.acs_scope = trio.CancelScope()
+        # The current model session's scopes (new ones per session; see run_one_session).
         self.model_connect_scope = trio.CancelScope()
         self.model_session_scope = trio.CancelScope()
         self.model_connected = False
+        # The model session (call/model_session.py); see docs/architecture.md.
+        self.event_ids = EventIds(f"acs_{handle.ids.call_id[-12:]}")
+        self.conversation = Conversation(limits.replay_max_chars)
+        #: Where the conversation is kept for a resume on another instance (``REDIS_URL``).  A
+        #: call taken over from a dead instance starts with that instance's conversation.
+        self.saved = handle.conversation
+        self.resumed = False
+        if self.saved is not None:
+            for index, turn in enumerate(self.saved.history()):
+                said = (
+                    self.conversation.caller_said
+                    if turn.role == "user"
+                    else self.conversation.agent_said
+                )
+                said(f"earlier_{index}", turn.text)
+                self.resumed = True
+        #: A session is open, confirmed and fed: caller audio goes to the outbox, not the gap.
+        self.model_live = False
+        self.sessions = 0
+        self.session_live_since: float | None = None
+        self.session_expires_at = float("inf")
+        self.gap_since: float | None = None
+        #: Caller audio while no session is open: the newest model_gap_audio_ms is kept.
+        self.gap_audio: deque[str] = deque(
+            maxlen=max(1, limits.model_gap_audio_ms // limits.append_batch_ms)
+        )
+        self.unsent: str | None = None
+        self.link_dead = False
+        self.recycle_requested = self.recycle_pending = False
+        self.response_active = self.answer_owed = self.caller_speaking = False
+        self.failed_in_a_row = 0
+        #: The greeting was asked for but not delivered yet: a new session is asked again.
+        self.greeting_owed = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def run(self, connect_model: ModelConnector) -> CallSummary:
         self.log.info("call started")
+        self.emit({"type": "call_started", "call_id": self.handle.ids.call_id})
         self.handle.bind(self.on_end)
         try:
             async with trio.open_nursery() as nursery:
@@ -123,8 +198,16 @@ class _CallBridge:
             summary.ended_at = trio.current_time()
             summary.end_reason, summary.end_detail = reason, detail
             self.log.info("call ended %s", summary.log_fields())
+            self.emit(_ended_event(summary))
             self.handle.finished.set()
         return summary
+
+    def emit(self, event: CallEvent) -> None:
+        if self.events is not None:
+            self.events(event)
+
+    def emit_transcript(self, role: str, item_id: str, text: str) -> None:
+        self.emit({"type": "transcript", "role": role, "item_id": item_id, "text": text})
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         if self.handle.end_request is None:
@@ -223,6 +306,13 @@ class _CallBridge:
         message = self.caller_audio.push(audio)
         if message is None:
             return
+        if not self.model_live:
+            # Policy: no session open (dialling, reconnecting, replacing): keep the newest
+            # model_gap_audio_ms for the next session; older audio is dropped and counted.
+            if len(self.gap_audio) == self.gap_audio.maxlen:
+                summary.gap_audio_dropped_ms += self.limits.append_batch_ms
+            self.gap_audio.append(message)
+            return
         try:
             try:
                 self.outbox_send.send_nowait(message)
@@ -263,128 +353,384 @@ class _CallBridge:
             self.log.info("ignoring media messages of unknown kind %r", kind[:64])
         kinds[kind] = kinds.get(kind, 0) + 1
 
-    # --- the model side --------------------------------------------------------------------
+    # --- the model side ------------------------------------------------------------------
+    # Sessions follow each other on one call (call/model_session.py has the rules): a failure a
+    # fresh session may fix is retried with back-off and the conversation replayed; anything
+    # else, or a spent budget, ends the call (and the control plane hangs up).
 
     async def run_model(self, connect_model: ModelConnector) -> None:
+        backoff: Backoff | None = None
+        delay = 0.0
         try:
-            with self.model_connect_scope:
+            while self.handle.end_request is None:
+                failure = await self.run_one_session(connect_model, delay)
+                if failure is None:
+                    if self.recycle_requested:
+                        self.recycle_requested = False
+                        self.summary.session_recycles += 1
+                        delay, backoff = 0.0, None
+                        continue
+                    return  # the call is ending
+                since = self.session_live_since
+                if since is not None and (
+                    trio.current_time() - since >= self.limits.model_reconnect_budget_s
+                ):
+                    # A session that stayed up a whole budget: this is a new outage.  One that
+                    # drops right after it is confirmed does not reset the budget (no spinning).
+                    backoff = None
+                retryable, retry_after = is_retryable(failure)
+                backoff = backoff or Backoff(self.limits)
+                next_delay = backoff.next_delay(retry_after) if retryable else None
+                if next_delay is None:
+                    self.model_failed(failure, retried=backoff.attempts - 1 if retryable else 0)
+                    return
+                self.log.warning(
+                    "model session lost (%s); reconnecting in %.0f ms (attempt %d)",
+                    failure,
+                    next_delay * 1000,
+                    backoff.attempts,
+                )
+                delay = next_delay
+        finally:
+            # Nothing more goes to the model, and no more agent audio is coming.
+            self.outbox_recv.close()
+            self.frames_send.close()
+
+    async def run_one_session(
+        self, connect_model: ModelConnector, delay: float
+    ) -> Exception | None:
+        """One model socket's life.  Returns why it failed, or None (call ending or recycle)."""
+        self.model_connect_scope = connect_scope = trio.CancelScope()
+        self.model_session_scope = session_scope = trio.CancelScope()
+        self.model_connected = False
+        self.session_live_since = None
+        failure: Exception | None = None
+        try:
+            with connect_scope:
+                await trio.sleep(delay)
                 async with connect_model() as ws:
                     self.model_connected = True
                     try:
-                        with self.model_session_scope:
+                        with session_scope:
                             await self.run_model_session(ws)
                     finally:
-                        # Shielded: if the server cancels us from outside, still say goodbye.
-                        with trio.move_on_after(self.limits.close_timeout_s, shield=True) as scope:
-                            await ws.close(*self.model_close_code())
-                        if scope.cancelled_caught:
-                            self.log.warning("model socket did not close in time")
-        except* (ModelConnectError, ModelRejected) as group:
-            self.end(EndReason.MODEL_CONNECT_FAILED, str(group.exceptions[0]))
+                        self.model_live = False
+                        if self.link_dead:
+                            connect_scope.cancel()  # half-open: no close handshake to wait for
+                        else:
+                            # Shielded: if the server cancels us from outside, still say goodbye.
+                            with trio.move_on_after(
+                                self.limits.close_timeout_s, shield=True
+                            ) as scope:
+                                await ws.close(*self.model_close_code())
+                            if scope.cancelled_caught:
+                                self.log.warning("model socket did not close in time")
+        except* ModelError as group:
+            failure = _first_leaf(group)
         except* Exception as group:
-            self.crashed(group)
+            self.crashed(group)  # ends the call: the None below stops the loop
+        finally:
+            self.model_live = False
+            self.link_dead = False
+            if self.gap_since is None:
+                self.gap_since = trio.current_time()
+        if self.handle.end_request is not None:
+            return None
+        return failure
 
     async def run_model_session(self, ws: ModelSocket) -> None:
-        try:
-            ready = trio.current_time()
-            self.log.info("model connected in %.0f ms", (ready - self.summary.started_at) * 1000)
-            await ws.send(rt.session_update(self.agent))
-            history = self.handle.conversation.history() if self.handle.conversation else ()
-            if history:
-                # Resumed on another instance: the model gets the conversation, not a greeting.
-                self.log.info("resuming with %d earlier turn(s)", len(history))
-                for turn in history:
-                    await ws.send(rt.conversation_item(turn.role, turn.text))
-            elif self.agent.greeting:
-                self.playout.expect_greeting(ready)
-                await ws.send(rt.response_create(self.agent.greeting))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.send_to_model, ws)
-                nursery.start_soon(self.receive_from_model, ws)
-        except* ModelClosed as group:
-            self.model_closed(group.exceptions[0])
-        except* Exception as group:
-            self.crashed(group)
+        info = await configure_session(ws, self.agent, self.limits, self.event_ids())
+        now = trio.current_time()
+        self.session_expires_at = info.expires_at
+        self.session_live_since = now
+        first = self.sessions == 0
+        self.sessions += 1
+        if first and not self.resumed:
+            self.log.info("model session ready in %.0f ms", (now - self.summary.started_at) * 1000)
+            if self.agent.greeting:
+                self.playout.expect_greeting(now)
+                self.greeting_owed = True
+        else:
+            if first:  # resumed on this instance: the conversation, not a second greeting
+                self.log.info(
+                    "resuming the conversation (%d items)", len(self.conversation.texts())
+                )
+            else:
+                self.summary.model_reconnects += not self.recycle_pending
+            # Items of the lost session whose audio never arrived (the transcript runs ahead
+            # of it) were not heard: they are not replayed.
+            for item_id in self.agent_audio.unheard_items(self.agent_audio.session):
+                self.conversation.forget(item_id)
+            for event in self.conversation.replay(self.event_ids):
+                await ws.send(event)
+        if self.greeting_owed and self.agent.greeting:
+            # A request, not per-response instructions: the persona stays in force (L3).  Asked
+            # again of a new session until a response completes or the caller speaks.
+            await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
+            await ws.send(rt.response_create(self.event_ids()))
+        elif not first and (self.answer_owed or self.response_active):
+            # The caller was waiting for an answer the old session never finished.
+            self.playout.expect_answer(now, self.agent_audio.latest_seq)
+            await ws.send(rt.response_create(self.event_ids()))
+        self.recycle_pending = False
+        self.response_active = self.answer_owed = self.caller_speaking = False
+        self.agent_audio.session = self.sessions
+        await self.flush_gap_audio(ws)
+        if self.gap_since is not None and not first:
+            self.summary.model_gap_ms.append((now - self.gap_since) * 1000)
+            self.log.info("model session re-opened after %.0f ms", (now - self.gap_since) * 1000)
+        self.gap_since = None
+        self.model_live = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.send_to_model, ws)
+            nursery.start_soon(self.receive_from_model, ws)
+            nursery.start_soon(self.keep_alive, ws)
+            nursery.start_soon(self.recycle_when_quiet, nursery.cancel_scope)
 
     def model_close_code(self) -> tuple[int, str]:
-        reason = (self.handle.end_request or (EndReason.CANCELLED, ""))[0]
+        if self.handle.end_request is None:
+            return 1000, "session replaced"
+        reason = self.handle.end_request[0]
         code = {EndReason.SHUTDOWN: 1001, EndReason.INTERNAL_ERROR: 1011}.get(reason, 1000)
         return code, f"call ended: {reason.value}"
 
-    def model_closed(self, exc: BaseException) -> None:
-        self.end(EndReason.MODEL_CLOSED, str(exc))
+    def model_failed(self, exc: Exception, *, retried: int) -> None:
+        """The model side is beyond repair: end the call (the control plane hangs up)."""
+        detail = str(exc) if not retried else f"{exc} (after {retried} reconnect attempts)"
+        if isinstance(exc, ModelConnectError | ModelRejected):
+            reason = EndReason.MODEL_CONNECT_FAILED
+        elif isinstance(exc, ModelClosed):
+            reason = EndReason.MODEL_CLOSED
+        else:
+            reason = EndReason.MODEL_ERROR
+        self.log.warning("model failed, ending the call: %s", detail)
+        self.end(reason, detail)
+
+    async def flush_gap_audio(self, ws: ModelSocket) -> None:
+        """Caller audio of the gap goes to the new session, oldest first, before new audio."""
+        if self.unsent is not None:
+            await ws.send(self.unsent)
+            self.unsent = None
+        while True:
+            try:
+                message = self.outbox_recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+            await ws.send(message)
+        while self.gap_audio:
+            await ws.send(self.gap_audio.popleft())
+
+    async def keep_alive(self, ws: ModelSocket) -> None:
+        """A ping every ``model_ping_interval_s``; no pong in time means a half-open link."""
+        limits = self.limits
+        while True:
+            await trio.sleep(limits.model_ping_interval_s)
+            with trio.move_on_after(limits.model_pong_timeout_s) as scope:
+                await ws.ping()
+            if scope.cancelled_caught:
+                self.link_dead = True
+                raise ModelSessionFailed(
+                    f"no pong within {limits.model_pong_timeout_s:g}s: the link is dead",
+                    retryable=True,
+                )
+
+    async def recycle_when_quiet(self, session: trio.CancelScope) -> None:
+        """Before the session's time limit, move to a fresh one while nobody is speaking."""
+        limits = self.limits
+        expires_at = self.session_expires_at
+        if expires_at - limits.session_recycle_margin_s <= trio.current_time():
+            # Already "expiring" as it opens: a fresh session would be too, so replacing it
+            # would loop.  Our clock disagrees with the service's; let the service end it
+            # (session_expired and 1001 are retried).
+            self.log.warning(
+                "model session expires_at is %.0f s away as it opens (clock skew?): "
+                "not replacing it early",
+                expires_at - trio.current_time(),
+            )
+            return
+        await trio.sleep_until(expires_at - limits.session_recycle_margin_s)
+        force_at = expires_at - limits.session_recycle_force_s
+        # Polled: "quiet" is a conjunction of states owned by three tasks.
+        while True:
+            if trio.current_time() >= force_at or self.quiet():
+                break
+            await trio.sleep(_QUIET_POLL_S)
+        self.log.info(
+            "replacing the model session before it expires (in %.0f s)",
+            expires_at - trio.current_time(),
+        )
+        self.recycle_requested = self.recycle_pending = True
+        session.cancel()
+
+    def quiet(self) -> bool:
+        """No answer playing or being generated, and the caller not speaking."""
+        return not (
+            self.response_active
+            or self.caller_speaking
+            or self.playout.playing(trio.current_time())
+        )
 
     async def send_to_model(self, ws: ModelSocket) -> None:
-        with self.outbox_recv:
-            async for message in self.outbox_recv:
+        async for message in self.outbox_recv:
+            try:
                 await ws.send(message)
+            except ModelClosed:
+                self.unsent = message  # the next session gets it first: no caller audio lost
+                raise
 
     async def receive_from_model(self, ws: ModelSocket) -> None:
-        with self.frames_send:
-            while True:
-                raw = await ws.receive()
-                try:
-                    event = rt.parse_server_event(raw)
-                except ProtocolError as exc:
-                    self.summary.bad_model_messages += 1
-                    self.log.warning("ignoring bad model event: %s", str(exc)[:200])
-                    continue
-                await self.on_model_event(ws, event)
+        while True:
+            raw = await ws.receive()
+            try:
+                event = rt.parse_server_event(raw)
+            except ProtocolError as exc:
+                self.summary.bad_model_messages += 1
+                self.log.warning("ignoring bad model event: %s", str(exc)[:200])
+                continue
+            await self.on_model_event(ws, event)
 
     async def on_model_event(self, ws: ModelSocket, event: rt.ServerEvent) -> None:
         if type(event) is rt.AudioDelta:
-            await self.push_frames(self.agent_audio.frames(event))
+            state = self.agent_audio.item(event.response_id, event.item_id)
+            if self.agent_audio.cut_line.is_cut(state.response_seq):
+                await self.settle_cut_items(ws, {})  # an item first seen after its cut
+            else:
+                await self.push_frames(self.agent_audio.frames(event))
         elif isinstance(event, rt.SpeechStarted):
+            self.caller_speaking = True
+            self.greeting_owed = False
+            self.conversation.caller_turn(event.item_id)
             await self.on_speech_started(ws)
         elif isinstance(event, rt.SpeechStopped):
             self.last_speech = now = trio.current_time()
+            self.caller_speaking = False
+            self.answer_owed = True
             self.summary.turns += 1
+            self.emit({"type": "speech_stopped", "turn": self.summary.turns})
             self.playout.expect_answer(now, self.agent_audio.latest_seq)
         elif isinstance(event, rt.ResponseCreated):
             self.agent_audio.seq_of(event.response_id)
+            self.response_active = True
+            self.answer_owed = False
+        elif isinstance(event, rt.OutputItemAdded):
+            if event.item_type == "message":
+                self.agent_audio.item(event.response_id, event.item_id)
+                self.conversation.agent_item(event.item_id)
         elif isinstance(event, rt.AudioDone):
+            self.agent_audio.item(event.response_id, event.item_id).done = True
             await self.push_frames(self.agent_audio.flush())
         elif isinstance(event, rt.ErrorEvent):
-            self.summary.model_errors += 1
-            if event.fatal:
-                self.end(EndReason.MODEL_ERROR, f"{event.code}: {event.message}")
-            else:
-                self.log.warning(
-                    "model error (the call goes on): %s %s: %s",
-                    event.type,
-                    event.code,
-                    event.message,
-                )
+            self.on_model_error(event)
         elif isinstance(event, rt.ResponseDone):
+            self.on_response_done(event)
+        elif isinstance(event, rt.OutputTranscriptDelta):
+            self.conversation.agent_delta(event.item_id, event.delta)
+        elif isinstance(event, rt.OutputTranscript):
+            self.conversation.agent_said(event.item_id, event.transcript)
+            self.save_conversation()
+            self.emit_transcript("agent", event.item_id, event.transcript)
+        elif isinstance(event, rt.InputTranscript):
+            self.conversation.caller_said(event.item_id, event.transcript)
+            self.save_conversation()
+            self.emit_transcript("caller", event.item_id, event.transcript)
+
+    def on_model_error(self, event: rt.ErrorEvent) -> None:
+        self.summary.model_errors += 1
+        if event.code in RETRYABLE_ERROR_CODES:
+            raise ModelSessionFailed(f"{event.code}: {event.message}", retryable=True)
+        if event.fatal:
+            self.end(EndReason.MODEL_ERROR, f"{event.code}: {event.message}")
+            return
+        self.log.warning(
+            "model error (the call goes on): %s %s: %s (event %s)",
+            event.type,
+            event.code,
+            event.message,
+            event.event_id,
+        )
+
+    def on_response_done(self, event: rt.ResponseDone) -> None:
+        self.response_active = False
+        if not event.failed:
+            self.greeting_owed = False
+            if event.status == "completed":
+                self.failed_in_a_row = 0
             self.log.debug("response %s %s (%s)", event.response_id, event.status, event.reason)
-        elif isinstance(event, rt.OutputTranscript | rt.InputTranscript):
-            self.log.debug("%s: %s", type(event).__name__, event.transcript)
-            if self.handle.conversation is not None and event.transcript:
-                role: Literal["user", "assistant"] = (
-                    "user" if isinstance(event, rt.InputTranscript) else "assistant"
-                )
-                self.handle.conversation.record(Turn(role, event.transcript))
+            return
+        self.summary.failed_responses += 1
+        self.failed_in_a_row += 1
+        self.log.warning(
+            "response %s %s: %s %s (%d in a row)",
+            event.response_id,
+            event.status,
+            event.reason,
+            event.error or "",
+            self.failed_in_a_row,
+        )
+        if self.failed_in_a_row >= self.limits.max_failed_responses:
+            self.end(
+                EndReason.MODEL_ERROR,
+                f"{self.failed_in_a_row} responses in a row {event.status}: "
+                f"{event.reason or event.error or '-'}",
+            )
 
     async def on_speech_started(self, ws: ModelSocket) -> None:
         self.last_speech = trio.current_time()
         # Every response so far is now interrupted: none of its audio may reach the caller.
-        cut = self.playout.interrupt(self.agent_audio.cut_all())
-        if cut is None:
-            return
-        self.summary.barge_ins += 1
-        if cut.item_id is None or cut.sent_ms <= 0:
-            self.log.info("barge-in before any audio of the answer was sent: no truncate")
-            return
-        audio_end_ms = int(min(cut.sent_ms, self.agent_audio.received_ms(cut.item_id)))
-        self.log.info(
-            "barge-in: agent audio stopped; truncating %s at %d ms (%d queued frames dropped)",
-            cut.item_id,
-            audio_end_ms,
-            cut.dropped_frames,
-        )
-        if audio_end_ms > 0:
-            self.summary.truncated_at_ms.append(audio_end_ms)
-            await ws.send(rt.truncate_item(cut.item_id, audio_end_ms))
+        self.agent_audio.cut_all()
+        cut = self.playout.interrupt()
+        self.emit({"type": "speech_started", "barge_in": cut is not None})
+        if cut is not None:
+            self.summary.barge_ins += 1
+            self.log.info(
+                "barge-in: agent audio stopped (%.0f ms flushed, %d queued frames dropped)",
+                cut.flushed_ms,
+                cut.dropped_frames,
+            )
+        await self.settle_cut_items(ws, {} if cut is None else cut.played_ms)
+
+    def save_conversation(self) -> None:
+        """Hand the conversation as heard to the store (``REDIS_URL``); never waits."""
+        if self.saved is not None:
+            self.saved.save(
+                [
+                    Turn("user" if role == "user" else "assistant", text)
+                    for role, text in self.conversation.texts()
+                ]
+            )
+
+    async def settle_cut_items(self, ws: ModelSocket, played: dict[str, float]) -> None:
+        """Tell the model what the caller heard of each cut item: truncate at the played ms
+        the items heard in part, delete those not heard at all (docs/protocols/realtime.md §5)."""
+        now = trio.current_time()
+        for item_id, state in self.agent_audio.unsettled_cut_items():
+            heard = min(
+                played.get(item_id, self.playout.played_ms(item_id, now)), state.received_ms
+            )
+            # Whole ms, never more than was played (and at least one frame when any was).
+            heard_ms = math.floor(heard + 1e-6)
+            state.settled = True
+            if state.done and heard >= state.received_ms - self.limits.frame_ms:
+                continue  # heard in full (to within a frame: resampling rounds the length)
+            if state.session != self.agent_audio.session:
+                # An item of an earlier session (still playing when it was replaced): that
+                # session is gone; only the log, for the next replay, learns what was heard.
+                if heard_ms <= 0:
+                    self.conversation.forget(item_id)
+                else:
+                    self.conversation.heard(item_id, heard_ms / state.received_ms)
+                continue
+            if heard_ms <= 0:
+                self.summary.items_deleted += 1
+                self.conversation.forget(item_id)
+                self.log.info("barge-in: deleting %s (nothing of it was heard)", item_id)
+                await ws.send(rt.item_delete(item_id, self.event_ids()))
+                continue
+            self.summary.truncated_at_ms.append(heard_ms)
+            self.conversation.heard(item_id, heard_ms / state.received_ms)
+            self.log.info("barge-in: truncating %s at %d ms (as played)", item_id, heard_ms)
+            await ws.send(rt.truncate_item(item_id, heard_ms, event_id=self.event_ids()))
+        self.save_conversation()  # what was heard of the cut items changed the log
 
     async def push_frames(self, frames: list[OutboundFrame]) -> None:
         try:
@@ -398,3 +744,17 @@ class _CallBridge:
                     await self.frames_send.send(frame)
         except trio.BrokenResourceError:
             return  # the sender has stopped: the call is ending; nobody would hear it
+
+
+def _ended_event(summary: CallSummary) -> CallEvent:
+    return {
+        "type": "call_ended",
+        "reason": summary.end_reason.value,
+        "detail": summary.end_detail,
+        "duration_s": round(summary.duration_s, 3),
+        "turns": summary.turns,
+        "barge_ins": summary.barge_ins,
+        "frames_in": summary.frames_in,
+        "frames_out": summary.frames_out,
+        "bad_acs_messages": summary.bad_acs_messages,
+    }

@@ -1,8 +1,8 @@
 """Caller audio on its way to the model: format, silence, resampling, batching.  Pure and sync.
 
-ACS sends 20 ms frames (acs-protocol.md §4.3); the model wants PCM16 at 24 kHz
-(realtime-protocol.md §4) and each message costs the server CPU regardless of its size
-(performance-notes.md), so frames are batched into one ``input_audio_buffer.append`` per
+ACS sends 20 ms frames (docs/protocols/acs.md §4.3); the model wants PCM16 at 24 kHz
+(docs/protocols/realtime.md §4) and each message costs the server CPU regardless of its size
+(docs/performance.md, "Earlier measurements"), so frames are batched into one ``input_audio_buffer.append`` per
 ``append_batch_ms``.
 """
 
@@ -48,7 +48,7 @@ class CallerAudio:
         """Add one frame; returns an append message when a batch is complete.
 
         Frames flagged ``silent`` are forwarded as the audio they are (zeros when ACS sent no
-        data), so the model's server VAD keeps a true timeline (peers.md §4.6).
+        data), so the model's server VAD keeps a true timeline (docs/protocols/acs.md §4.2).
         """
         pcm = audio.pcm or (self._silent_frame if audio.silent else b"")
         if self._resampler is not None:

@@ -141,6 +141,18 @@ class CallSummary:
     #: Agent audio frames discarded because the caller barged in (never sent to ACS).
     frames_dropped_barge_in: int = 0
     sample_rate_hz: int = 24000
+    # --- the model session (issue 10) ---
+    #: ``response.done`` with status failed or incomplete.
+    failed_responses: int = 0
+    #: Sessions re-opened after a drop or failure, and sessions replaced before their expiry.
+    model_reconnects: int = 0
+    session_recycles: int = 0
+    #: Per re-opened session: ms from losing the old one to the new one being ready.
+    model_gap_ms: list[float] = field(default_factory=list)
+    #: Caller audio dropped while no session was open (policy: keep the newest gap_audio_ms).
+    gap_audio_dropped_ms: int = 0
+    #: Items of cut responses deleted because nothing of them was heard.
+    items_deleted: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -163,5 +175,8 @@ class CallSummary:
             f"inbound_waits={self.inbound_waits} outbound_waits={self.outbound_waits} "
             f"bad_acs={self.bad_acs_messages} bad_model={self.bad_model_messages} "
             f"model_errors={self.model_errors} unknown_kinds={unknown} "
-            f"rate_hz={self.sample_rate_hz}"
+            f"rate_hz={self.sample_rate_hz} failed_responses={self.failed_responses} "
+            f"model_reconnects={self.model_reconnects} recycles={self.session_recycles} "
+            f"model_gap_ms={ms(self.model_gap_ms)} gap_audio_dropped_ms={self.gap_audio_dropped_ms} "
+            f"items_deleted={self.items_deleted}"
         )

@@ -33,6 +33,14 @@ class ModelSocket(Protocol):
         """
         ...
 
+    async def ping(self) -> None:
+        """Send a WebSocket ping and return when its pong arrives (the caller bounds the wait).
+
+        Raises:
+            ModelClosed: the socket is closed.
+        """
+        ...
+
     async def close(self, code: int, reason: str) -> None:
         """Close with ``code`` (handshake bounded by the adapter); never raises ModelClosed."""
         ...

@@ -1,21 +1,25 @@
 """The one task that writes to the ACS media socket: paced agent audio and StopAudio.
 
-Why pace at all?  ACS queues whatever we send and plays it in order (acs-protocol.md §4.4); the
-model sends its answer faster than real time (realtime-protocol.md §3).  Forwarding unpaced would
+Why pace at all?  ACS queues whatever we send and plays it in order (docs/protocols/acs.md §4.4); the
+model sends its answer faster than real time (docs/protocols/realtime.md §3).  Forwarding unpaced would
 put seconds of audio into ACS's queue, so "ms sent" would say nothing about "ms heard", and the
 truncate after a barge-in would be a guess.  Writing 20 ms frames at real-time pace, at most
 ``playout_lead_ms`` ahead, keeps ACS's queue short and makes ``sent`` an upper bound of ``heard``
 that is at most one lead away from it.
 
 Barge-in is synchronous: :meth:`Playout.interrupt` is called from the model task the moment
-``speech_started`` arrives.  In one step, with no checkpoint in between, it drains every queued
-frame, marks the interrupted responses as cut (frames of theirs still in flight are dropped on
-arrival), wakes this task if it is waiting, and returns how much of the current item was sent.
-This task then writes ``StopAudio`` before anything else.
+``speech_started`` arrives, right after :meth:`AgentAudio.cut_all` moved the cut line (which
+this task only reads: frames of cut responses still in flight are dropped on arrival).  In one
+step, with no checkpoint in between, it drains every queued frame, wakes this task if it is
+waiting, and returns how many ms of each recent item were *played*: every frame written gets its
+slot on the playout clock (it starts when the previous one ends, or when written if ACS's queue
+had run dry), and what is still queued at ACS at the cut is flushed by the ``StopAudio`` and was
+never heard.  This task then writes ``StopAudio`` before anything else.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +29,8 @@ import trio
 
 from ..errors import MediaClosed
 from ..wire.acs_media import STOP_AUDIO, encode_audio_data
+from .agent_audio import CutLine, OutboundFrame
+from .events import CallEventSink
 from .lifecycle import CallSummary
 from .media_socket import MediaSocket
 
@@ -32,25 +38,42 @@ __all__ = ["Interruption", "OutboundFrame", "Playout"]
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True, slots=True)
-class OutboundFrame:
-    """One frame of agent audio at the call's sample rate."""
-
-    #: Sequence number of the model response it belongs to (1, 2, …), assigned by the model task.
-    response_seq: int
-    item_id: str
-    pcm: bytes
-    ms: float
+#: Items whose playout slots are remembered (more than AgentAudio remembers, so every item the
+#: bridge may still cut has its record here).
+_ITEMS_REMEMBERED = 32
 
 
 @dataclass(frozen=True, slots=True)
 class Interruption:
-    """What a barge-in cut: the item last written to ACS and how many ms of it were sent."""
+    """What a barge-in cut."""
 
-    item_id: str | None
-    sent_ms: float
+    #: ms of each recently written item that the caller heard (played before the cut).
+    played_ms: dict[str, float]
+    #: ms that were sent to ACS but not yet played: flushed by the StopAudio.
+    flushed_ms: float
     dropped_frames: int
+
+
+class _ItemSlots:
+    """When an item's frames play on the playout clock: runs of back-to-back frames."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self) -> None:
+        self.runs: list[list[float]] = []  # [start, end] in trio time
+
+    def add(self, start: float, end: float) -> None:
+        if self.runs and self.runs[-1][1] == start:
+            self.runs[-1][1] = end
+        else:
+            self.runs.append([start, end])
+
+    def played_ms(self, now: float) -> float:
+        return sum(max(0.0, min(now, end) - start) for start, end in self.runs) * 1000
+
+    def cut(self, now: float) -> None:
+        """StopAudio at ``now``: nothing after it plays."""
+        self.runs = [[start, min(end, now)] for start, end in self.runs if start < now]
 
 
 class Playout:
@@ -63,18 +86,20 @@ class Playout:
         summary: CallSummary,
         *,
         lead_ms: int,
+        cut_line: CutLine | None = None,
+        events: CallEventSink | None = None,
     ) -> None:
         self._media = media
+        self._events = events
         self._frames = frames
         self._summary = summary
         self._lead_s = lead_ms / 1000
         # When ACS will have played everything sent so far (our estimate); nothing sent yet.
         self._playout_end = float("-inf")
-        self._cut_through_seq = 0
+        self._cut = CutLine() if cut_line is None else cut_line
         self._stop_since: float | None = None
         self._wait_scope: trio.CancelScope | None = None
-        self._item_id: str | None = None
-        self._item_sent_ms = 0.0
+        self._items: OrderedDict[str, _ItemSlots] = OrderedDict()
         self._answer_wait: tuple[float, int] | None = None
         self._greeting_since: float | None = None
         #: trio time of the last frame written; the idle watchdog reads it.
@@ -91,13 +116,23 @@ class Playout:
         """The caller's turn ended at ``since``; a later response's first frame is the answer."""
         self._answer_wait = (since, after_seq)
 
-    def interrupt(self, through_seq: int) -> Interruption | None:
-        """The caller started speaking: stop all agent audio of responses ``<= through_seq``.
+    def playing(self, now: float) -> bool:
+        """Agent audio may be audible at ``now``, or frames are queued for the caller."""
+        return (
+            now < self._playout_end + self._lead_s
+            or self._frames.statistics().current_buffer_used > 0
+        )
+
+    def played_ms(self, item_id: str, now: float) -> float:
+        slots = self._items.get(item_id)
+        return 0.0 if slots is None else slots.played_ms(now)
+
+    def interrupt(self) -> Interruption | None:
+        """The caller started speaking: stop all agent audio of the cut responses.
 
         Returns None when nothing was audible or queued (no barge-in), else what was cut.
         """
         now = trio.current_time()
-        self._cut_through_seq = max(self._cut_through_seq, through_seq)
         dropped = 0
         while True:
             try:
@@ -110,11 +145,16 @@ class Playout:
         playing = now < self._playout_end + self._lead_s
         if not playing and dropped == 0:
             return None
+        flushed_ms = max(0.0, self._playout_end - now) * 1000
+        played = {}
+        for item_id, slots in self._items.items():
+            slots.cut(now)
+            played[item_id] = slots.played_ms(now)
         self._stop_since = now
         self._playout_end = now
         if self._wait_scope is not None:
             self._wait_scope.cancel()
-        return Interruption(self._item_id, self._item_sent_ms, dropped)
+        return Interruption(played, flushed_ms, dropped)
 
     # --- the task ------------------------------------------------------------------------------
 
@@ -135,7 +175,7 @@ class Playout:
                 if self._stop_since is not None:
                     await self._write_stop_audio()
                     continue
-                # Hot path (performance-notes.md: cost follows scheduler round-trips): a queued
+                # Hot path (docs/performance.md, "Earlier measurements": cost follows scheduler round-trips): a queued
                 # frame is taken without a wait, and only an early frame sleeps.  Every path
                 # that writes checkpoints in media.send().
                 try:
@@ -144,13 +184,13 @@ class Playout:
                     return
                 if frame is None:  # woken by interrupt()
                     continue
-                if frame.response_seq <= self._cut_through_seq:
+                if self._cut.is_cut(frame.response_seq):
                     self._summary.frames_dropped_barge_in += 1
                     continue
                 due = self._playout_end - self._lead_s
                 if due > trio.current_time():
                     await self._wait(partial(trio.sleep_until, due))
-                    if frame.response_seq <= self._cut_through_seq:  # cut while we waited
+                    if self._cut.is_cut(frame.response_seq):  # cut while we waited
                         self._summary.frames_dropped_barge_in += 1
                         continue
                 await self._write_frame(frame)
@@ -175,12 +215,15 @@ class Playout:
         return None
 
     async def _write_frame(self, frame: OutboundFrame) -> None:
-        if frame.item_id != self._item_id:
-            self._item_id = frame.item_id
-            self._item_sent_ms = 0.0
-        # Counted before the write: once we start writing, ACS may play it.
-        self._item_sent_ms += frame.ms
-        self._playout_end = max(self._playout_end, trio.current_time()) + frame.ms / 1000
+        # Its slot is booked before the write: once we start writing, ACS may play it.
+        start = max(self._playout_end, trio.current_time())
+        self._playout_end = start + frame.ms / 1000
+        slots = self._items.get(frame.item_id)
+        if slots is None:
+            slots = self._items[frame.item_id] = _ItemSlots()
+            if len(self._items) > _ITEMS_REMEMBERED:
+                self._items.popitem(last=False)
+        slots.add(start, self._playout_end)
         await self._media.send(encode_audio_data(frame.pcm))
         written = trio.current_time()
         self.last_write = written
@@ -189,12 +232,27 @@ class Playout:
         if self._greeting_since is not None:
             summary.greeting_ttfa_ms = (written - self._greeting_since) * 1000
             self._greeting_since = None
+            if self._events is not None:
+                self._events(
+                    {
+                        "type": "latency",
+                        "metric": "greeting_ttfa",
+                        "ms": round(summary.greeting_ttfa_ms, 1),
+                    }
+                )
         if self._answer_wait is not None and frame.response_seq > self._answer_wait[1]:
             summary.ttfa_ms.append((written - self._answer_wait[0]) * 1000)
             self._answer_wait = None
+            if self._events is not None:
+                self._events(
+                    {"type": "latency", "metric": "ttfa", "ms": round(summary.ttfa_ms[-1], 1)}
+                )
 
     async def _write_stop_audio(self) -> None:
         assert self._stop_since is not None
         since, self._stop_since = self._stop_since, None
         await self._media.send(STOP_AUDIO)
-        self._summary.barge_in_latency_ms.append((trio.current_time() - since) * 1000)
+        latency_ms = (trio.current_time() - since) * 1000
+        self._summary.barge_in_latency_ms.append(latency_ms)
+        if self._events is not None:
+            self._events({"type": "latency", "metric": "barge_in", "ms": round(latency_ms, 1)})

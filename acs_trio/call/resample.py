@@ -1,7 +1,7 @@
 """Streaming PCM16 resampling between 16 kHz calls and the model's 24 kHz.
 
-The realtime model accepts PCM only at 24 kHz (realtime-protocol.md §4), while an ACS call may
-stream 16 kHz (AudioMetadata ``sampleRate``, acs-protocol.md §4.2).  Audio arrives in 20 ms
+The realtime model accepts PCM only at 24 kHz (docs/protocols/realtime.md §4), while an ACS call may
+stream 16 kHz (AudioMetadata ``sampleRate``, docs/protocols/acs.md §4.2).  Audio arrives in 20 ms
 frames and arbitrary-sized model deltas, so the filter state (the last input samples and the
 output phase) is carried from one chunk to the next: resampling a stream chunk by chunk gives
 exactly the samples one call over the whole stream would, with no clicks at frame edges.

@@ -175,7 +175,7 @@ class AnsweredCall:
 
 
 def media_streaming_options(transport_url: str) -> MediaStreamingOptions:
-    """The one media configuration this server answers with (acs-protocol.md §2.3, contract)."""
+    """The one media configuration this server answers with (docs/protocols/acs.md §2.3, contract)."""
     return MediaStreamingOptions(
         transport_url=transport_url,
         transport_type=StreamingTransportType.WEBSOCKET,
@@ -224,7 +224,7 @@ class AcsRest:
             raise AcsRestError(f"answer_call: unusable response: {exc!r}") from exc
 
     async def hang_up(self, call_connection_id: str) -> None:
-        """End the call for everyone (``POST …:terminate``, acs-protocol.md §2.4)."""
+        """End the call for everyone (``POST …:terminate``, docs/protocols/acs.md §2.4)."""
         client = self._require_client()
         try:
             connection = client.get_call_connection(call_connection_id)

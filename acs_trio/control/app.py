@@ -19,7 +19,13 @@ from quart import Response, request, websocket
 
 from ..call.lifecycle import CallSummary
 from ..call.model_socket import ModelConnector
-from ..config import MAX_BODY_BYTES, ControlTimeouts, Settings
+from ..config import (
+    MAX_BODY_BYTES,
+    ControlTimeouts,
+    Settings,
+    model_shutdown_warning,
+    transcription_shutdown_warning,
+)
 from ..errors import AuthError, KeysUnavailable, StateUnavailable
 from ..wire.webhook import (
     BadBody,
@@ -36,6 +42,7 @@ from .call_store import CallStore
 from .control_plane import Admission, ControlPlane
 from .model_ws import model_connector
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
+from .softphone import SoftphoneCalls, install_softphone, softphone_path
 
 __all__ = ["create_app"]
 
@@ -63,8 +70,14 @@ class _Runtime:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
         self.connect_model: ModelConnector = connect_model
+        if (warning := model_shutdown_warning(settings.agent.model)) is not None:
+            logger.warning("%s", warning)
+        if warning := transcription_shutdown_warning(settings.agent.transcription_model):
+            logger.warning("%s", warning)
         self.plane: ControlPlane | None = None
         self.verifier: JwtVerifier | None = None
+        #: Browser calls, when SOFTPHONE=1 (docs/softphone.md); drained with the phone calls.
+        self.softphone: SoftphoneCalls | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with open_acs_rest(
@@ -82,6 +95,7 @@ class _Runtime:
                     public_base_url=self.acs.public_base_url,
                     max_concurrent_calls=self.settings.server.max_concurrent_calls,
                     timeouts=self._timeouts,
+                    connect_model=self.connect_model,
                     store=store,
                     cluster_max_calls=self.settings.cluster.max_calls,
                 )
@@ -103,9 +117,13 @@ class _Runtime:
             yield store
 
     async def stop(self) -> None:
+        if self.softphone is not None:
+            self.softphone.draining = True
         if self.plane is not None:
             await self.plane.drain(self.settings.server.shutdown_grace_s)
             self.plane.close()
+        if self.softphone is not None:
+            await self.softphone.stop()
 
     @property
     def ready(self) -> bool:
@@ -213,7 +231,7 @@ def create_app(
 
     @app.route("/api/incomingCall", methods=["OPTIONS"], provide_automatic_options=False)
     async def incoming_call_handshake() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
-        # CloudEvents abuse protection (acs-protocol.md §1.1, Event Grid webhook-event-delivery).
+        # CloudEvents abuse protection (docs/protocols/acs.md §1.1, Event Grid webhook-event-delivery).
         origin = request.headers.get("WebHook-Request-Origin")
         if not origin:
             return Response("missing WebHook-Request-Origin\n", 400)
@@ -301,7 +319,7 @@ def create_app(
         if not known:
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
-        # acs-protocol.md §5.2: the doc's prose says "Authentication header", its sample reads
+        # docs/protocols/acs.md §5.2: the doc's prose says "Authentication header", its sample reads
         # Authorization; take either.
         authorization = ws.headers.get("Authorization") or ws.headers.get("Authentication")
         try:
@@ -337,7 +355,7 @@ def create_app(
             await ws.accept()
             record.summary = await call_runner(
                 QuartMediaSocket(ws),
-                rt.connect_model,
+                rt.connect_model if record.predial is None else record.predial.connector(),
                 handle=record.handle,
                 agent=settings.agent,
                 limits=settings.limits,
@@ -346,6 +364,22 @@ def create_app(
             record.media_done.set()
         return None
 
+    if settings.softphone is not None:
+        # Off by default: SOFTPHONE=1 adds the page, behind the token in its URL.
+        rt.softphone = SoftphoneCalls()
+        install_softphone(
+            app,
+            settings,
+            settings.softphone,
+            rt.softphone,
+            connect_model=lambda: rt.connect_model,
+            run_call=call_runner,
+        )
+        logger.warning(
+            "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",
+            settings.require_acs().public_base_url,
+            softphone_path(settings.softphone),
+        )
     return app
 
 

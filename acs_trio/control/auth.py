@@ -1,6 +1,6 @@
 """Verifying the JWT that Call Automation puts on every callback and media WebSocket.
 
-acs-protocol.md §5.1/§5.2: ``Authorization: Bearer <jwt>``, RS256, issuer
+docs/protocols/acs.md §5.1/§5.2: ``Authorization: Bearer <jwt>``, RS256, issuer
 ``https://acscallautomation.communication.azure.com``, audience = the ACS resource's *immutable*
 id, keys from the JWKS URL (``{"keys": [...]}`` with ``kid``).
 

@@ -112,13 +112,9 @@ class CallStore(Protocol):
         ...
 
     def conversation(self, token: str, history: Sequence[Turn]) -> ConversationStore:
-        """A store for ``run_call``; write it out with :meth:`flush_conversation`."""
+        """A store for ``run_call``; run :meth:`flush_conversation` beside the call."""
         ...
 
     async def flush_conversation(self, conversation: ConversationStore) -> None:
-        """Write recorded turns as they come, until the store's channel is closed."""
-        ...
-
-    def close_conversation(self, conversation: ConversationStore) -> None:
-        """No more turns: :meth:`flush_conversation` writes what is queued and returns."""
+        """Write the newest saved copy whenever there is one; until cancelled (the call ended)."""
         ...

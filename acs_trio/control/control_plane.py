@@ -21,6 +21,8 @@ from typing import Any
 import trio
 
 from ..call.lifecycle import CallHandle, CallIds, EndReason
+from ..call.model_socket import ModelConnector
+from ..call.predial import PreDial
 from ..config import SEEN_EVENTS_MAX, ControlTimeouts
 from ..errors import StateUnavailable
 from ..wire.webhook import CallbackEvent, IncomingCall, decode_callbacks
@@ -59,10 +61,13 @@ class ControlPlane:
         public_base_url: str,
         max_concurrent_calls: int,
         timeouts: ControlTimeouts | None = None,
+        connect_model: ModelConnector | None = None,
         store: CallStore | None = None,
         cluster_max_calls: int | None = None,
     ) -> None:
         self._rest = rest
+        #: Early dial (issue 10): with a connector, each admitted call dials its model at once.
+        self._connect_model = connect_model
         self._base = public_base_url.rstrip("/")
         self._max_calls = max_concurrent_calls
         self._timeouts = ControlTimeouts() if timeouts is None else timeouts
@@ -201,6 +206,8 @@ class ControlPlane:
             handle=CallHandle(CallIds(pending_id, incoming.correlation_id)),
             incoming=incoming,
         )
+        if self._connect_model is not None:
+            record.predial = PreDial(self._connect_model)
         if self.store is not None:
             record.handle.conversation = self.store.conversation(token, ())
         # Registered BEFORE answer_call: the media socket may connect before it returns.
@@ -360,7 +367,7 @@ class ControlPlane:
                 logger.warning("call token %s… not released in Redis (unreachable)", token[:4])
 
     def on_callback(self, token: str, event: CallbackEvent) -> None:
-        """Apply one Call Automation event to its call (acs-protocol.md §3); never to another."""
+        """Apply one Call Automation event to its call (docs/protocols/acs.md §3); never to another."""
         record = self.calls.get(token)
         if record is None:
             logger.info(
@@ -417,17 +424,18 @@ class ControlPlane:
         conversation = record.handle.conversation
         try:
             async with trio.open_nursery() as nursery:
+                if record.predial is not None:  # in parallel with answer_call
+                    nursery.start_soon(record.predial.run)
                 if self.store is not None and conversation is not None:
                     nursery.start_soon(self.store.flush_conversation, conversation)
-                try:
-                    await self._supervisor.run(
-                        record,
-                        callback_url=self.callback_url(record.token),
-                        transport_url=self.transport_url(record.token),
-                    )
-                finally:
-                    if self.store is not None and conversation is not None:
-                        self.store.close_conversation(conversation)
+                await self._supervisor.run(
+                    record,
+                    callback_url=self.callback_url(record.token),
+                    transport_url=self.transport_url(record.token),
+                )
+                # The call is over: drop an unused early socket and stop saving the conversation
+                # (its record and conversation are released from Redis below).
+                nursery.cancel_scope.cancel()
         finally:
             if self.calls.get(record.token) is record:  # (a call taken back has a new record)
                 del self.calls[record.token]

@@ -11,7 +11,9 @@ the call bridge never sees a trio-websocket name.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -30,7 +32,7 @@ from ..call.model_socket import ModelConnector
 from ..config import MODEL_MESSAGE_QUEUE_SIZE, CallLimits, ModelEndpoint
 from ..errors import ModelClosed, ModelConnectError, ModelRejected
 
-__all__ = ["WebsocketModelSocket", "model_connector", "open_model"]
+__all__ = ["WebsocketModelSocket", "model_connector", "open_model", "retry_after"]
 
 
 class WebsocketModelSocket:
@@ -51,6 +53,14 @@ class WebsocketModelSocket:
         except ConnectionClosed as exc:
             raise _closed(exc) from None
         return message
+
+    async def ping(self) -> None:
+        # trio-websocket sends a unique payload and returns when its pong arrives; the caller
+        # bounds the wait (a half-open link never answers).
+        try:
+            await self._ws.ping()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
 
     async def close(self, code: int, reason: str) -> None:
         # trio-websocket bounds the handshake with its disconnect_timeout; a peer that is already
@@ -97,11 +107,28 @@ async def open_model(
         raise ModelRejected(
             f"{endpoint.provider} refused the WebSocket handshake: HTTP {exc.status_code} {body}",
             status_code=exc.status_code,
+            retry_after_s=retry_after(exc.headers),
         ) from exc
     except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
         if connected:
             raise
         raise ModelConnectError(f"cannot connect to {endpoint.provider} model: {exc!r}") from exc
+
+
+def retry_after(headers: tuple[tuple[bytes, bytes], ...] | None) -> float | None:
+    """``Retry-After`` in seconds (RFC 9110 §10.2.3: delay-seconds or an HTTP-date), if any."""
+    for name, value in headers or ():
+        if name.lower() != b"retry-after":
+            continue
+        text = value.decode("latin-1").strip()
+        if text.isdigit():
+            return float(text)
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+    return None
 
 
 def default_ssl_context() -> ssl.SSLContext:

@@ -38,7 +38,7 @@ class MediaASGIWebsocketConnection(TrioASGIWebsocketConnection):
     the close code and closes the message channel (``receive()`` raises ``trio.EndOfChannel`` →
     :class:`QuartMediaSocket` raises ``MediaClosed(code=...)``), and only puts a grace deadline on
     the nursery.  It also skips quart's per-message ``websocket_received`` signal: nothing here
-    listens to it, and it costs a blinker dispatch per 20 ms frame (performance-notes.md).
+    listens to it, and it costs a blinker dispatch per 20 ms frame (docs/performance.md, "Earlier measurements").
     """
 
     async def __call__(self, receive: Any, send: Any) -> None:

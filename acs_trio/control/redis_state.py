@@ -6,7 +6,7 @@ Keys (prefix ``acs_trio:``)::
     calls              SET of the tokens of live calls: the cluster-wide admission count
     call:<token>       HASH owner, ccid, corr, scid, state
     seen:<sha256>      IncomingCall event ids / contexts already answered (EX SEEN_TTL)
-    conv:<token>       LIST of JSON turns: the conversation so far
+    conv:<token>       JSON list of turns: the conversation so far, as the caller heard it
     inbox:<id>         STREAM: callbacks forwarded to the owner, "taken" notices.  A stream,
                        not pub/sub: a message waits there while the owner's reader reconnects
                        (callbacks are not known to be redelivered, so none may be lost)
@@ -19,8 +19,8 @@ up: no zombie calls.
 
 Faults: every command has a deadline; the first failure logs one ERROR and flips
 :attr:`RedisCallStore.available` (new calls get 503, the readiness probe too), the first success
-afterwards logs that Redis is back.  Live calls never wait on Redis: the bridge only queues
-conversation turns, and a full queue drops (counted, logged once).
+afterwards logs that Redis is back.  Live calls never wait on Redis: the bridge only hands over a
+copy of its conversation, and a background task writes the newest one.
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ T = TypeVar("T")
 
 PREFIX = "acs_trio:"
 CALLS = PREFIX + "calls"
-#: Turns queued per call for writing; when full, a turn is dropped (counted, logged once).
-CONVERSATION_QUEUE = 64
 #: A conversation outlives its call's record this long (a resume may come a little later).
 CONVERSATION_TTL_S = 6 * 3600
 #: The inbox reader blocks this long per XREAD (a message wakes it at once).
@@ -158,30 +156,22 @@ def _redact(url: str) -> str:
 
 @dataclass(eq=False)
 class _Conversation:
-    """One call's :class:`ConversationStore`: the history it started with, and a write queue."""
+    """One call's :class:`ConversationStore`: the history it started with and the newest copy."""
 
     token: str
     started_with: Sequence[Turn]
-    send: trio.MemorySendChannel[Turn]
-    receive: trio.MemoryReceiveChannel[Turn]
-    dropped: int = 0
-    closed: bool = field(default=False)
+    pending: Sequence[Turn] | None = None
+    changed: trio.Event = field(default_factory=trio.Event)
+    #: Copies not written because Redis was away (a later copy replaces them anyway).
+    skipped: int = 0
 
     def history(self) -> Sequence[Turn]:
         return self.started_with
 
-    def record(self, turn: Turn) -> None:
-        if self.closed:
-            return
-        try:
-            self.send.send_nowait(turn)
-        except trio.WouldBlock:
-            # Policy: the call never waits on Redis; a turn that cannot be queued is dropped.
-            self.dropped += 1
-            if self.dropped == 1:
-                logger.warning("conversation %s…: write queue full, turns dropped", self.token[:4])
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self.closed = True
+    def save(self, turns: Sequence[Turn]) -> None:
+        # Policy: the call never waits on Redis; only the newest copy is kept for the writer.
+        self.pending = tuple(turns)
+        self.changed.set()
 
 
 class RedisCallStore:
@@ -440,48 +430,40 @@ class RedisCallStore:
     # -- the conversation so far -------------------------------------------------------------
 
     async def history(self, token: str) -> list[Turn]:
-        raw = await self._do(
-            "conversation read",
-            self._redis.lrange(_conv_key(token), -CONVERSATION_MAX_TURNS, -1),
-        )
+        raw = await self._do("conversation read", self._redis.get(_conv_key(token)))
+        try:
+            items = json.loads(raw) if raw else []
+        except ValueError:
+            items = []
         turns: list[Turn] = []
-        for item in raw:
-            try:
-                value = json.loads(item)
-                role, text = value["role"], value["text"]
-            except (ValueError, KeyError, TypeError):
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
                 continue
+            role, text = item.get("role"), item.get("text")
             if role in {"user", "assistant"} and isinstance(text, str):
-                turns.append(Turn(role, text))
-        return turns
+                turns.append(Turn("user" if role == "user" else "assistant", text))
+        return turns[-CONVERSATION_MAX_TURNS:]
 
     def conversation(self, token: str, history: Sequence[Turn]) -> ConversationStore:
-        send, receive = trio.open_memory_channel[Turn](CONVERSATION_QUEUE)
-        return _Conversation(token, tuple(history), send, receive)
+        return _Conversation(token, tuple(history))
 
     async def flush_conversation(self, conversation: ConversationStore) -> None:
         assert isinstance(conversation, _Conversation)
         key = _conv_key(conversation.token)
-        async with conversation.receive:
-            async for turn in conversation.receive:
-                if not self._available:
-                    conversation.dropped += 1  # policy: no queue of writes while Redis is away
-                    continue
-                value = json.dumps({"role": turn.role, "text": turn.text})
-                try:
-                    await self._do("conversation write", self._append(key, value))
-                except StateUnavailable:
-                    conversation.dropped += 1
-
-    async def _append(self, key: str, value: str) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(key, [value])
-            pipe.expire(key, CONVERSATION_TTL_S)
-
-    def close_conversation(self, conversation: ConversationStore) -> None:
-        assert isinstance(conversation, _Conversation)
-        conversation.closed = True
-        conversation.send.close()
+        while True:
+            await conversation.changed.wait()
+            conversation.changed = trio.Event()
+            turns, conversation.pending = conversation.pending or (), None
+            if not self._available:
+                conversation.skipped += 1  # no queue while Redis is away; the next copy goes
+                continue
+            value = json.dumps([{"role": t.role, "text": t.text} for t in turns])
+            try:
+                await self._do(
+                    "conversation write", self._redis.set(key, value, ex=CONVERSATION_TTL_S)
+                )
+            except StateUnavailable:
+                conversation.skipped += 1
 
 
 async def check_redis(url: str, timeout_s: float = 5.0) -> str | None:

@@ -37,7 +37,7 @@ def hypercorn_config(host: str, port: int) -> Config:
 
     permessage-deflate: hypercorn 0.18 accepts it whenever a client offers it (``Handshake.accept``
     always lists ``PerMessageDeflate()``; there is no setting), so it cannot be refused here.  The
-    media route logs when ACS offers it; performance-notes.md explains why it matters.
+    media route logs when ACS offers it (why it matters: docs/performance.md, "Earlier measurements").
     """
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..call.lifecycle import CallHandle, CallIds, CallSummary, EndReason
+from ..call.predial import PreDial
 from ..config import HANG_UP_FIRST_RETRY_S, HANG_UP_MAX_RETRY_S, ControlTimeouts
 from ..errors import AcsRestError
 from ..wire.webhook import IncomingCall
@@ -44,6 +45,8 @@ class CallRecord:
     stop_requested: trio.Event = field(default_factory=trio.Event)
     media_connected: trio.Event = field(default_factory=trio.Event)
     media_done: trio.Event = field(default_factory=trio.Event)
+    #: The model socket dialled at admission (issue 10); the media route's run_call adopts it.
+    predial: PreDial | None = None
     #: Shared state only: answered by another instance, taken here by its media socket.
     adopted: bool = False
     #: Shared state only: the instance that took the call from us (then it hangs up, not us).
@@ -189,7 +192,7 @@ class CallSupervisor:
         if summary.end_reason is EndReason.CALLER_HUNG_UP:
             # The media socket closing is not proof the call is over: a network drop, a stream
             # stop or a send failure close it too, and hypercorn reports 1006 for every client
-            # close.  CallDisconnected is ACS's word that it is (acs-protocol.md §3).
+            # close.  CallDisconnected is ACS's word that it is (docs/protocols/acs.md §3).
             # A shutdown during the wait hangs up at once.
             grace = self._timeouts.disconnect_grace_s
             with trio.move_on_after(grace):

@@ -1,6 +1,6 @@
 """ACS bidirectional media-streaming messages: pure, sync codec.
 
-Sources (../shared/docs/acs-protocol.md):
+Sources (docs/protocols/acs.md):
 
 * §4.2, inbound (ACS → us): camelCase keys, PascalCase ``kind`` values, e.g.
   ``{"kind": "AudioData", "audioData": {"timestamp": …, "participantRawID": …, "data": "<b64>",

@@ -1,6 +1,6 @@
 """Realtime API client and server events: pure, sync codec for the GA protocol.
 
-Sources (../shared/docs/realtime-protocol.md): client events §2 (GA ``session.update`` shape §2.1,
+Sources (docs/protocols/realtime.md): client events §2 (GA ``session.update`` shape §2.1,
 ``input_audio_buffer.append`` §2.3, ``conversation.item.truncate`` §2.4, ``response.create`` §2.5);
 server events §3.2 with the beta → GA renames of §3.1.  Beta names are accepted on input
 (``response.audio.delta`` as well as ``response.output_audio.delta``, and so on) so a bridge keeps
@@ -26,7 +26,9 @@ __all__ = [
     "InputTranscript",
     "ItemTruncated",
     "OtherEvent",
+    "OutputItemAdded",
     "OutputTranscript",
+    "OutputTranscriptDelta",
     "ResponseCreated",
     "ResponseDone",
     "ServerEvent",
@@ -34,6 +36,8 @@ __all__ = [
     "SpeechStarted",
     "SpeechStopped",
     "input_audio_append",
+    "item_delete",
+    "message_item",
     "parse_server_event",
     "response_create",
     "session_update",
@@ -51,7 +55,14 @@ FATAL_ERROR_CODES = frozenset({"session_expired", "invalid_api_key", "insufficie
 # --- client events ------------------------------------------------------------------------
 
 
-def session_update(agent: AgentSettings) -> str:
+def _with_id(event: dict[str, Any], event_id: str | None) -> str:
+    """Client events carry an ``event_id`` so an ``error`` can be tied to its request (§6)."""
+    if event_id is not None:
+        event = {"event_id": event_id, **event}
+    return json.dumps(event)
+
+
+def session_update(agent: AgentSettings, event_id: str | None = None) -> str:
     """The GA ``session.update`` for a phone call: PCM 24 kHz both ways, server VAD (§2.1)."""
     audio_input: dict[str, Any] = {
         "format": _PCM_FORMAT,
@@ -78,24 +89,32 @@ def session_update(agent: AgentSettings) -> str:
         "tools": [],
         "tool_choice": "auto",
     }
-    return json.dumps({"type": "session.update", "session": session})
+    return _with_id({"type": "session.update", "session": session}, event_id)
 
 
-def response_create(instructions: str | None = None) -> str:
-    """``response.create``, optionally with per-response instructions (the greeting)."""
-    if instructions is None:
-        return '{"type": "response.create"}'
-    return json.dumps({"type": "response.create", "response": {"instructions": instructions}})
+def response_create(event_id: str | None = None) -> str:
+    """A plain ``response.create``: the session's instructions (the persona) stay in force.
 
-
-def conversation_item(role: str, text: str) -> str:
-    """``conversation.item.create`` with a text message: replays a turn into a new session.
-
-    GA content types: ``input_text`` for the user, ``output_text`` for the assistant (§3).
+    Per-response ``instructions`` would *replace* the session's for that response (§2.5), so the
+    greeting is asked for with a :func:`message_item` instead.
     """
-    kind = "input_text" if role == "user" else "output_text"
-    item = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
-    return json.dumps({"type": "conversation.item.create", "item": item})
+    return _with_id({"type": "response.create"}, event_id)
+
+
+#: Content part type of a text message per role (GA: assistant text is ``output_text``; user and
+#: system text is ``input_text``; openai SDK ``realtime_conversation_item_*_message_param``).
+_TEXT_PART = {"user": "input_text", "system": "input_text", "assistant": "output_text"}
+
+
+def message_item(role: str, text: str, event_id: str | None = None) -> str:
+    """``conversation.item.create`` of a text message (§2.4): greeting request, replay."""
+    item = {"type": "message", "role": role, "content": [{"type": _TEXT_PART[role], "text": text}]}
+    return _with_id({"type": "conversation.item.create", "item": item}, event_id)
+
+
+def item_delete(item_id: str, event_id: str | None = None) -> str:
+    """``conversation.item.delete``: the caller heard none of this item (§2.4, §5 step 4)."""
+    return _with_id({"type": "conversation.item.delete", "item_id": item_id}, event_id)
 
 
 def input_audio_append(pcm: bytes) -> str:
@@ -107,15 +126,18 @@ def input_audio_append(pcm: bytes) -> str:
     )
 
 
-def truncate_item(item_id: str, audio_end_ms: int, content_index: int = 0) -> str:
+def truncate_item(
+    item_id: str, audio_end_ms: int, content_index: int = 0, event_id: str | None = None
+) -> str:
     """``conversation.item.truncate``: the caller heard only ``audio_end_ms`` of this item."""
-    return json.dumps(
+    return _with_id(
         {
             "type": "conversation.item.truncate",
             "item_id": item_id,
             "content_index": content_index,
             "audio_end_ms": audio_end_ms,
-        }
+        },
+        event_id,
     )
 
 
@@ -126,6 +148,12 @@ def truncate_item(item_id: str, audio_end_ms: int, content_index: int = 0) -> st
 class SessionEvent:
     type: str  # session.created | session.updated
     session: dict[str, Any]
+
+    @property
+    def expires_at(self) -> float | None:
+        """Unix time the session ends (``session.expires_at``, §6), if the server said."""
+        value = self.session.get("expires_at")
+        return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +192,28 @@ class ResponseDone:
     response_id: str
     status: str
     reason: str | None
+    #: ``status_details.error`` as "type/code: message", when present (failed responses).
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """``failed`` or ``incomplete`` (§3.2): the caller did not get a whole answer."""
+        return self.status in {"failed", "incomplete"}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItemAdded:
+    """``response.output_item.added``: an item of a response exists (before any audio)."""
+
+    response_id: str
+    item_id: str
+    item_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputTranscriptDelta:
+    item_id: str
+    delta: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +267,8 @@ ServerEvent = (
     | ItemTruncated
     | ErrorEvent
     | OtherEvent
+    | OutputItemAdded
+    | OutputTranscriptDelta
 )
 
 
@@ -272,10 +324,28 @@ def _response_done(event: dict[str, Any]) -> ResponseDone:
     if not isinstance(response, dict):
         raise TypeError("response is not an object")
     details = response.get("status_details") or {}
+    if not isinstance(details, dict):
+        details = {}
+    error = details.get("error")
+    error_text = None
+    if isinstance(error, dict):
+        kind = "/".join(str(error[k]) for k in ("type", "code") if error.get(k))
+        error_text = f"{kind}: {error.get('message', '')}".strip(": ")[:300]
+    reason = details.get("reason")
     return ResponseDone(
         response_id=str(response.get("id", "")),
         status=str(response.get("status", "")),
-        reason=details.get("reason") if isinstance(details, dict) else None,
+        reason=reason if isinstance(reason, str) else None,
+        error=error_text,
+    )
+
+
+def _output_item_added(event: dict[str, Any]) -> OutputItemAdded:
+    item = event["item"]
+    if not isinstance(item, dict):
+        raise TypeError("item is not an object")
+    return OutputItemAdded(
+        str(event.get("response_id", "")), str(item["id"]), str(item.get("type", ""))
     )
 
 
@@ -299,6 +369,13 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], ServerEvent]] = {
     ),
     "response.audio_transcript.done": lambda e: OutputTranscript(
         str(e.get("item_id", "")), str(e.get("transcript", ""))
+    ),
+    "response.output_item.added": _output_item_added,
+    "response.output_audio_transcript.delta": lambda e: OutputTranscriptDelta(
+        str(e.get("item_id", "")), str(e.get("delta", ""))
+    ),
+    "response.audio_transcript.delta": lambda e: OutputTranscriptDelta(
+        str(e.get("item_id", "")), str(e.get("delta", ""))
     ),
     "conversation.item.input_audio_transcription.completed": lambda e: InputTranscript(
         str(e.get("item_id", "")), str(e.get("transcript", ""))

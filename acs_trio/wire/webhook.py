@@ -6,7 +6,7 @@ bad event: a batch decodes to one item per event, and an event we cannot use bec
 permanently bad event must not be retried forever (docs/control-plane.md, "Bad input").
 
 Sources of the shapes:
-* Event Grid schema: ``eventType``/``data``/``id`` (acs-protocol.md §1.1); CloudEvents 1.0
+* Event Grid schema: ``eventType``/``data``/``id`` (docs/protocols/acs.md §1.1); CloudEvents 1.0
   schema: ``type``/``data``/``id``/``source``/``specversion`` (same section).
 * Validation: ``Microsoft.EventGrid.SubscriptionValidationEvent`` with ``data.validationCode``
   (§1.2).  IncomingCall: ``data.incomingCallContext``, ``correlationId``, ``serverCallId``,
@@ -17,8 +17,9 @@ Sources of the shapes:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "CallbackEvent",
@@ -35,7 +36,7 @@ VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 INCOMING_CALL_EVENT = "Microsoft.Communication.IncomingCall"
 CALLBACK_PREFIX = "Microsoft.Communication."
 #: An ``incomingCallContext`` is an opaque signed token of a few KiB [INF]; anything far larger is
-#: junk (the route is unauthenticated, acs-protocol.md §5.3) and is skipped, not answered.
+#: junk (the route is unauthenticated, docs/protocols/acs.md §5.3) and is skipped, not answered.
 MAX_CONTEXT_CHARS = 16 * 1024
 
 
@@ -100,6 +101,9 @@ def load_json_array(body: bytes) -> list[Any]:
     return value
 
 
+_T = TypeVar("_T")
+
+
 def _event_type(event: dict[str, Any]) -> str:
     # Event Grid schema says eventType, CloudEvents says type.
     value = event.get("eventType", event.get("type"))
@@ -112,7 +116,7 @@ def _str(data: dict[str, Any], key: str) -> str:
 
 
 def caller_id(data: dict[str, Any]) -> str:
-    """Phone number if PSTN, else the raw id — the samples' rule (acs-protocol.md §1.3)."""
+    """Phone number if PSTN, else the raw id — the samples' rule (docs/protocols/acs.md §1.3)."""
     source = data.get("from")
     if not isinstance(source, dict):
         return "-"
@@ -122,68 +126,70 @@ def caller_id(data: dict[str, Any]) -> str:
     return str(source.get("rawId", "-"))
 
 
-def decode_event_grid(events: list[Any]) -> list[ValidationRequest | IncomingCall | Skipped]:
-    """One item per event of an Event Grid (or CloudEvents) delivery to ``/api/incomingCall``."""
-    decoded: list[ValidationRequest | IncomingCall | Skipped] = []
+def _decode_each(
+    events: list[Any], decode_one: Callable[[str, str, dict[str, Any] | None], _T]
+) -> list[_T | Skipped]:
+    """One item per event: ``decode_one(id, type, data)``, or Skipped if it is not an object."""
+    decoded: list[_T | Skipped] = []
     for index, event in enumerate(events):
         if not isinstance(event, dict):
             decoded.append(Skipped(f"#{index}", "-", "event is not a JSON object"))
             continue
-        event_id = _str(event, "id") or f"#{index}"
-        kind = _event_type(event)
         data = event.get("data")
-        if not isinstance(data, dict):
-            decoded.append(Skipped(event_id, kind or "-", "event has no data object"))
-        elif kind == VALIDATION_EVENT:
-            code = _str(data, "validationCode")
-            if code:
-                decoded.append(ValidationRequest(event_id, code))
-            else:
-                decoded.append(Skipped(event_id, kind, "validation event without validationCode"))
-        elif kind == INCOMING_CALL_EVENT:
-            context = _str(data, "incomingCallContext")
-            if not context:
-                decoded.append(Skipped(event_id, kind, "IncomingCall without incomingCallContext"))
-            elif len(context) > MAX_CONTEXT_CHARS:
-                reason = f"incomingCallContext too long ({len(context)} chars)"
-                decoded.append(Skipped(event_id, kind, reason))
-            else:
-                decoded.append(
-                    IncomingCall(
-                        event_id=event_id,
-                        incoming_call_context=context,
-                        correlation_id=_str(data, "correlationId"),
-                        server_call_id=_str(data, "serverCallId"),
-                        caller=caller_id(data),
-                    )
-                )
-        else:
-            decoded.append(Skipped(event_id, kind or "-", "event type not handled here"))
+        event_id = _str(event, "id") or f"#{index}"
+        decoded.append(
+            decode_one(event_id, _event_type(event), data if isinstance(data, dict) else None)
+        )
     return decoded
+
+
+def decode_event_grid(events: list[Any]) -> list[ValidationRequest | IncomingCall | Skipped]:
+    """One item per event of an Event Grid (or CloudEvents) delivery to ``/api/incomingCall``."""
+    return _decode_each(events, _event_grid_event)
+
+
+def _event_grid_event(
+    event_id: str, kind: str, data: dict[str, Any] | None
+) -> ValidationRequest | IncomingCall | Skipped:
+    if data is None:
+        return Skipped(event_id, kind or "-", "event has no data object")
+    if kind == VALIDATION_EVENT:
+        code = _str(data, "validationCode")
+        if code:
+            return ValidationRequest(event_id, code)
+        return Skipped(event_id, kind, "validation event without validationCode")
+    if kind != INCOMING_CALL_EVENT:
+        return Skipped(event_id, kind or "-", "event type not handled here")
+    context = _str(data, "incomingCallContext")
+    if not context:
+        return Skipped(event_id, kind, "IncomingCall without incomingCallContext")
+    if len(context) > MAX_CONTEXT_CHARS:
+        return Skipped(event_id, kind, f"incomingCallContext too long ({len(context)} chars)")
+    return IncomingCall(
+        event_id=event_id,
+        incoming_call_context=context,
+        correlation_id=_str(data, "correlationId"),
+        server_call_id=_str(data, "serverCallId"),
+        caller=caller_id(data),
+    )
 
 
 def decode_callbacks(events: list[Any]) -> list[CallbackEvent | Skipped]:
     """One item per CloudEvent POSTed by Call Automation to a call's callback URL (§3)."""
-    decoded: list[CallbackEvent | Skipped] = []
-    for index, event in enumerate(events):
-        if not isinstance(event, dict):
-            decoded.append(Skipped(f"#{index}", "-", "event is not a JSON object"))
-            continue
-        event_id = _str(event, "id") or f"#{index}"
-        kind = _event_type(event)
-        data = event.get("data")
-        if not kind.startswith(CALLBACK_PREFIX):
-            decoded.append(Skipped(event_id, kind or "-", "not a Call Automation event"))
-        elif not isinstance(data, dict) or not _str(data, "callConnectionId"):
-            decoded.append(Skipped(event_id, kind, "event without data.callConnectionId"))
-        else:
-            decoded.append(
-                CallbackEvent(
-                    event_id=event_id,
-                    name=kind.removeprefix(CALLBACK_PREFIX),
-                    call_connection_id=_str(data, "callConnectionId"),
-                    correlation_id=_str(data, "correlationId"),
-                    data=data,
-                )
-            )
-    return decoded
+    return _decode_each(events, _callback_event)
+
+
+def _callback_event(
+    event_id: str, kind: str, data: dict[str, Any] | None
+) -> CallbackEvent | Skipped:
+    if not kind.startswith(CALLBACK_PREFIX):
+        return Skipped(event_id, kind or "-", "not a Call Automation event")
+    if data is None or not _str(data, "callConnectionId"):
+        return Skipped(event_id, kind, "event without data.callConnectionId")
+    return CallbackEvent(
+        event_id=event_id,
+        name=kind.removeprefix(CALLBACK_PREFIX),
+        call_connection_id=_str(data, "callConnectionId"),
+        correlation_id=_str(data, "correlationId"),
+        data=data,
+    )

@@ -64,3 +64,23 @@ def test_sixteen_khz_calls_get_640_byte_frames() -> None:
     frames = agent.frames(AudioDelta("r1", "i1", 0, b"\x00\x01" * 2400))  # 100 ms at 24 kHz
     assert {len(f.pcm) for f in frames} == {640}
     assert sum(f.ms for f in frames + agent.flush()) == pytest.approx(100, abs=1)
+
+
+def test_a_cut_resets_the_output_resampler() -> None:
+    """After a barge-in the next answer starts from a clean filter: no tail of the cut one."""
+
+    def delta(response_id: str, value: int) -> AudioDelta:
+        return AudioDelta(
+            response_id, f"item_{response_id}", 0, value.to_bytes(2, "little", signed=True) * 2400
+        )
+
+    cut = AgentAudio(20)
+    cut.set_rate(16000)
+    cut.frames(delta("r1", 20000))  # a loud answer, cut mid-way
+    cut.cut_all()
+    fresh = AgentAudio(20)
+    fresh.set_rate(16000)
+    fresh.seq_of("r0")  # same numbering as the cut one
+    assert [f.pcm for f in cut.frames(delta("r2", 100))] == [
+        f.pcm for f in fresh.frames(delta("r2", 100))
+    ]

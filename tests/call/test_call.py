@@ -91,18 +91,27 @@ async def call_with_connector(
 async def test_two_turn_call(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
     call = await start_call(nursery, agent=AgentSettings(greeting="Greet the caller."))
     acs, model = call.acs, call.model
-    # The model is configured (GA session, PCM 24 kHz both ways, server VAD), then asked to greet.
-    update, greeting = (m for _, m in model.seen.messages)
+    # The model is configured (GA session, PCM 24 kHz both ways, server VAD), then asked to greet
+    # by a request item and a plain response.create: the session's persona stays in force.
+    update, request, greeting = (m for _, m in model.seen.messages)
     session = update["session"]
     assert update["type"] == "session.update"
+    assert session["instructions"] == AgentSettings().instructions
+    assert session["model"] == "gpt-realtime-2.1"
     assert session["type"] == "realtime"
     assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert session["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
     assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"
-    assert greeting == {
-        "type": "response.create",
-        "response": {"instructions": "Greet the caller."},
+    assert request["type"] == "conversation.item.create"
+    assert request["item"] == {
+        "type": "message",
+        "role": "system",
+        "content": [{"type": "input_text", "text": "Greet the caller."}],
     }
+    assert greeting == {"type": "response.create", "event_id": greeting["event_id"]}
+    # Every client event carries its own event_id (an error can name its request).
+    ids = [update["event_id"], request["event_id"], greeting["event_id"]]
+    assert all(ids) and len(set(ids)) == 3
 
     t0 = trio.current_time()
     await acs.send_metadata()
@@ -150,7 +159,7 @@ async def test_two_turn_call(nursery: trio.Nursery, autojump_clock: trio.testing
     assert len(appends) == 100
 
 
-async def test_barge_in_truncates_at_ms_sent(
+async def test_barge_in_truncates_at_ms_played(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     call = await start_call(nursery)
@@ -162,7 +171,8 @@ async def test_barge_in_truncates_at_ms_sent(
     for _ in range(20):  # 2 s of answer, as a burst
         await model.audio_delta(response_id, item_id, pcm_tone(100, 2000))
     # The caller talks over the agent 510 ms in: frames 0..30 have been written
-    # (frame k leaves at max(0, 20k - 100) ms), i.e. 620 ms of the item.
+    # (frame k leaves at max(0, 20k - 100) ms), i.e. 620 ms of the item were *sent*, but ACS
+    # plays them back to back from t0, so the caller heard 510 ms; StopAudio flushes the rest.
     await trio.sleep_until(t0 + 0.51)
     await model.speech_started()
     # Deltas of the interrupted response still in flight must never reach the caller.
@@ -175,14 +185,15 @@ async def test_barge_in_truncates_at_ms_sent(
     assert len(frames) == 31
     assert stops == [t0 + 0.51]  # StopAudio left at once
     assert all(t <= stops[0] for t, _ in frames)
-    assert [e for e in model.events("conversation.item.truncate")] == [
-        {
-            "type": "conversation.item.truncate",
-            "item_id": item_id,
-            "content_index": 0,
-            "audio_end_ms": 620,
-        }
-    ]
+    (truncate,) = model.events("conversation.item.truncate")
+    assert truncate == {
+        "type": "conversation.item.truncate",
+        "event_id": truncate["event_id"],
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": 510,  # the played position, exact under the mock clock
+    }
+    assert model.events("conversation.item.delete") == []
     # A new answer after the barge-in plays normally.
     await trio.sleep(0.2)
     await model.speak(200, value=4000)
@@ -191,7 +202,7 @@ async def test_barge_in_truncates_at_ms_sent(
     call.handle.end(EndReason.CALL_DISCONNECTED)
     summary = await call.ended()
     assert summary.barge_ins == 1
-    assert summary.truncated_at_ms == [620]
+    assert summary.truncated_at_ms == [510]
     assert summary.barge_in_latency_ms == [0.0]
     assert summary.frames_dropped_barge_in == 100 - 31
 
@@ -262,10 +273,13 @@ async def test_model_closing_ends_the_call(
     call = await start_call(nursery)
     await trio.sleep(2)
     assert call.model.ws is not None
-    await call.model.ws.aclose(1011, "server error")
+    # 1008 (policy violation): a new session would not fare better.  (1011 and friends are
+    # retried: tests/call/test_model_session.py.)
+    await call.model.ws.aclose(1008, "policy violation")
     summary = await call.ended()
     assert summary.end_reason is EndReason.MODEL_CLOSED
-    assert "1011" in summary.end_detail
+    assert "1008" in summary.end_detail
+    assert len(call.model.connections) == 1
     assert summary.ended_at == summary.started_at + 2
     assert call.acs.seen.closed is not None and call.acs.seen.closed.code == 1000
 
@@ -286,9 +300,9 @@ async def test_fatal_model_error_ends_the_call_and_others_do_not(
         {
             "type": "error",
             "error": {
-                "type": "invalid_request_error",
-                "code": "session_expired",
-                "message": "Your session hit the maximum duration of 30 minutes.",
+                "type": "insufficient_quota",
+                "code": "insufficient_quota",
+                "message": "You exceeded your current quota.",
             },
         }
     )
@@ -451,11 +465,12 @@ async def test_larger_outbound_frames_keep_pacing_and_truncate_exact(
     response_id, item_id = await call.model.start_response()
     for _ in range(10):
         await call.model.audio_delta(response_id, item_id, pcm_tone(100, 2000))
-    # 60 ms frames leave at max(0, 60k - 100) ms: frames 0..8 by 0.43 s = 540 ms of the item.
+    # 60 ms frames leave at max(0, 60k - 100) ms: frames 0..8 by 0.43 s = 540 ms of the item
+    # sent, of which 430 ms were played.
     await trio.sleep_until(t0 + 0.43)
     await call.model.speech_started()
     await wait_all_tasks_blocked()
     assert [len(pcm) for _, pcm in call.acs.audio_out()] == [2880] * 9
-    assert call.model.events("conversation.item.truncate")[0]["audio_end_ms"] == 540
+    assert call.model.events("conversation.item.truncate")[0]["audio_end_ms"] == 430
     call.handle.end(EndReason.CALL_DISCONNECTED)
     await call.ended()

@@ -222,7 +222,11 @@ class FakeModel:
             while True:
                 event = json.loads(await ws.get_message())
                 session.events.append(event)
-                if event["type"] == "response.create":
+                if event["type"] == "session.update":  # confirmed as configured
+                    await ws.send_message(json.dumps({
+                        "type": "session.updated", "event_id": "ev_s", "session": event["session"],
+                    }))  # fmt: skip
+                elif event["type"] == "response.create":
                     for message in _spoken_response(GREETING):
                         await ws.send_message(json.dumps(message))
                 elif event["type"] == "input_audio_buffer.append":

@@ -50,7 +50,7 @@ async def test_answer_call_sends_the_documented_body() -> None:
     assert request.url.path == "/calling/callConnections:answer"
     assert request.url.params["api-version"]
     assert request.headers["authorization"].startswith("HMAC-SHA256 ")
-    # acs-protocol.md §2.2/§2.3
+    # docs/protocols/acs.md §2.2/§2.3
     assert json.loads(request.content) == {
         "incomingCallContext": "ctx-1",
         "callbackUri": "https://me.test/api/callbacks/t",

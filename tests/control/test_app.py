@@ -23,14 +23,14 @@ from acs_trio.config import AcsSettings, ControlTimeouts, ModelEndpoint, ServerS
 from acs_trio.control.app import create_app
 from acs_trio.control.control_plane import ControlPlane
 from acs_trio.errors import MediaClosed
-from tests.jwt_helpers import (
+from acs_trio.testing.tokens import rsa_key
+from tests.acs_service import (
     ISSUER,
     JWKS_URL,
     RESOURCE_ID,
     FakeAcsService,
     callback_event,
     incoming_call_event,
-    rsa_key,
 )
 
 BASE = "https://bot.test"
@@ -101,7 +101,14 @@ class Harness:
         return plane
 
     def auth(self, **kwargs: Any) -> dict[str, str]:
-        return {"Authorization": self.acs.keys.bearer(**kwargs)}
+        return {"Authorization": self.acs.signer.bearer(**kwargs)}
+
+    async def call_dies(self, n: int) -> None:
+        """The n-th answered call's media socket opens, then the call ends on our side."""
+        async with self.client.websocket(f"/ws/{self.acs.token_of(n)}", headers=self.auth()) as ws:
+            await ws.send("die")
+            with pytest.raises(WebsocketDisconnectError):
+                await ws.receive()
 
     async def incoming(self, *events: dict[str, Any]) -> Any:
         response = await self.client.post("/api/incomingCall", json=list(events))
@@ -337,7 +344,7 @@ async def test_media_socket_is_refused_without_valid_credentials(h: Harness) -> 
         ("/ws/not-a-token", h.auth(), 403),
         (f"/ws/{token}", {}, 401),
         (f"/ws/{token}", h.auth(audience="someone-else"), 401),
-        (f"/ws/{token}", h.auth(expires_in_s=-3600), 401),
+        (f"/ws/{token}", h.auth(lifetime_s=-3600), 401),
     ]
     for path, headers, status in cases:
         assert await refusal_status(h.client, path, headers) == status, path
@@ -372,10 +379,7 @@ async def test_media_may_connect_before_answer_returns(h: Harness) -> None:
 
 async def test_call_ended_by_us_is_hung_up(h: Harness) -> None:
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
-        await ws.send("die")  # the stand-in ends with MODEL_CLOSED: the caller is still there
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(1)  # the stand-in ends with MODEL_CLOSED: the caller is still there
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-1"]
 
@@ -489,10 +493,7 @@ async def test_a_malformed_answer_body_drops_only_that_call(
     assert (await h.client.get("/readyz")).status_code == 200
     response = await h.incoming(incoming_call_event("e-2", "ctx-2"))
     assert response.status_code == 200
-    async with h.client.websocket(f"/ws/{h.acs.token_of(2)}", headers=h.auth()) as ws:
-        await ws.send("die")
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(2)
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-2"]
     assert h.plane.calls == {}
@@ -513,10 +514,7 @@ async def test_a_bug_in_one_supervisor_does_not_reach_other_calls(
     assert "supervisor failed" in caplog.text
     assert "RuntimeError: a bug" in caplog.text  # logged with its traceback
     await h.incoming(incoming_call_event("e-2", "ctx-2"))
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
-        await ws.send("die")
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(1)
     await trio.testing.wait_all_tasks_blocked()
     assert h.acs.hang_ups == ["conn-1"]
     assert h.plane.calls == {}
@@ -637,7 +635,7 @@ async def test_a_failed_accept_still_reports_media_done(
 async def test_media_socket_without_keys_is_accepted_then_closed_1011(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # acs-protocol.md §5.2: auth failures are refused; other errors close with 1011.
+    # docs/protocols/acs.md §5.2: auth failures are refused; other errors close with 1011.
     h.acs.jwks_status = 503
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
@@ -651,9 +649,9 @@ async def test_media_socket_without_keys_is_accepted_then_closed_1011(
 
 
 async def test_media_jwt_may_come_in_an_authentication_header(h: Harness) -> None:
-    # acs-protocol.md §5.2: the prose says "Authentication header", the sample reads Authorization.
+    # docs/protocols/acs.md §5.2: the prose says "Authentication header", the sample reads Authorization.
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
-    headers = {"Authentication": h.acs.keys.bearer()}
+    headers = {"Authentication": h.acs.signer.bearer()}
     async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=headers) as ws:
         await ws.send("hi")
         assert await ws.receive() == "echo:hi"
@@ -689,10 +687,7 @@ async def test_hang_up_is_retried_through_server_errors(
     h.acs.hang_up_statuses = [503] * 8  # ACS struggles for a while (azure-core retries too)
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     started = trio.current_time()
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
-        await ws.send("die")
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(1)
     with trio.fail_after(30):
         await h.plane.wait_idle()
     assert h.acs.hang_ups == ["conn-1"]
@@ -707,11 +702,31 @@ async def test_hang_up_gives_up_at_its_total_deadline(
     h.acs.hang_up_statuses = [503] * 10_000
     await h.incoming(incoming_call_event("e-1", "ctx-1"))
     started = trio.current_time()
-    async with h.client.websocket(f"/ws/{h.acs.token_of(1)}", headers=h.auth()) as ws:
-        await ws.send("die")
-        with pytest.raises(WebsocketDisconnectError):
-            await ws.receive()
+    await h.call_dies(1)
     await h.plane.wait_idle()
     assert trio.current_time() - started == pytest.approx(30, abs=1)
     assert h.acs.hang_ups == []
     assert "gave up" in caplog.text
+
+
+def test_a_model_with_an_announced_shutdown_is_warned_at_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dataclasses import replace
+
+    from acs_trio.config import AgentSettings
+
+    create_app(replace(settings(), agent=AgentSettings(model="gpt-realtime")))
+    (record,) = [r for r in caplog.records if "realtime model" in r.getMessage()]
+    assert record.levelname == "WARNING" and "2027-01-20" in record.getMessage()
+    caplog.clear()
+    create_app(settings())  # the default model is current
+    assert "realtime model" not in caplog.text
+    # So is the input transcription model (the default, gpt-4o-mini-transcribe, is not).
+    caplog.clear()
+    create_app(replace(settings(), agent=AgentSettings(transcription_model="whisper-1")))
+    (record,) = [r for r in caplog.records if "transcription model" in r.getMessage()]
+    assert record.levelname == "WARNING" and "2027-02-26" in record.getMessage()
+    caplog.clear()
+    create_app(replace(settings(), agent=AgentSettings(transcription_model="gpt-transcribe")))
+    assert "shutdown date" not in caplog.text

@@ -11,16 +11,17 @@ import trio
 from acs_trio.control.acs_rest import open_acs_rest
 from acs_trio.control.auth import JwtVerifier, bearer_token
 from acs_trio.errors import AuthError, KeysUnavailable
-from tests.jwt_helpers import ISSUER, JWKS_URL, RESOURCE_ID, KeySet, rsa_key
+from acs_trio.testing.tokens import TokenSigner, rsa_key
+from tests.acs_service import ISSUER, JWKS_URL, RESOURCE_ID, signer
 
 
 @pytest.fixture
-def keys() -> KeySet:
-    return KeySet()
+def keys() -> TokenSigner:
+    return signer()
 
 
 @pytest.fixture
-async def verifier(keys: KeySet) -> AsyncIterator[JwtVerifier]:
+async def verifier(keys: TokenSigner) -> AsyncIterator[JwtVerifier]:
     def jwks(request: httpx.Request) -> httpx.Response:
         assert str(request.url) == JWKS_URL
         return httpx.Response(200, json=keys.jwks())
@@ -30,71 +31,71 @@ async def verifier(keys: KeySet) -> AsyncIterator[JwtVerifier]:
 
 
 async def test_valid_token_verifies_and_keys_are_cached(
-    keys: KeySet, verifier: JwtVerifier
+    keys: TokenSigner, verifier: JwtVerifier
 ) -> None:
-    claims = await verifier.verify(keys.token())
+    claims = await verifier.verify(keys.sign())
     assert claims["aud"] == RESOURCE_ID
-    await verifier.verify(keys.token())
+    await verifier.verify(keys.sign())
     assert keys.fetches == 1
 
 
 @pytest.mark.parametrize(
     ("make", "why"),
     [
-        (lambda k: k.token(expires_in_s=-600), "ExpiredSignature"),
-        (lambda k: k.token(audience="another-resource"), "InvalidAudience"),
-        (lambda k: k.token(issuer="https://evil.example"), "InvalidIssuer"),
-        (lambda k: k.token(key=rsa_key("not-published")), "InvalidSignature"),
+        (lambda k: k.sign(-600), "ExpiredSignature"),
+        (lambda k: k.sign(audience="another-resource"), "InvalidAudience"),
+        (lambda k: k.sign(issuer="https://evil.example"), "InvalidIssuer"),
+        (lambda k: k.sign(key=rsa_key("not-published")), "InvalidSignature"),
         (lambda k: "not.a.jwt", "malformed"),
     ],
     ids=["expired", "wrong-audience", "wrong-issuer", "bad-signature", "garbage"],
 )
-async def test_bad_tokens_are_refused(keys: KeySet, verifier: JwtVerifier, make, why) -> None:
+async def test_bad_tokens_are_refused(keys: TokenSigner, verifier: JwtVerifier, make, why) -> None:
     with pytest.raises(AuthError, match=why):
         await verifier.verify(make(keys))
 
 
 async def test_unknown_kid_refreshes_once_then_is_rate_limited(
-    keys: KeySet, verifier: JwtVerifier, autojump_clock: trio.testing.MockClock
+    keys: TokenSigner, verifier: JwtVerifier, autojump_clock: trio.testing.MockClock
 ) -> None:
-    await verifier.verify(keys.token())
+    await verifier.verify(keys.sign())
     await trio.sleep(61)  # the cache is older than the refresh interval
     with pytest.raises(AuthError, match="unknown JWT kid 'junk-1'"):
-        await verifier.verify(keys.token(kid="junk-1"))
+        await verifier.verify(keys.sign(kid="junk-1"))
     assert keys.fetches == 2  # one refresh for the unknown kid
     for n in range(20):
         with pytest.raises(AuthError, match="unknown JWT kid"):
-            await verifier.verify(keys.token(kid=f"junk-{n}"))
+            await verifier.verify(keys.sign(kid=f"junk-{n}"))
     assert keys.fetches == 2  # junk kids cannot make us hammer the JWKS URL
 
 
 async def test_first_token_with_unknown_kid_fetches_the_jwks_once(
-    keys: KeySet, verifier: JwtVerifier
+    keys: TokenSigner, verifier: JwtVerifier
 ) -> None:
     for _ in range(3):
         with pytest.raises(AuthError, match="unknown JWT kid"):
-            await verifier.verify(keys.token(kid="rotated-away"))
+            await verifier.verify(keys.sign(kid="rotated-away"))
     assert keys.fetches == 1
 
 
 async def test_key_rotation_is_picked_up_on_unknown_kid(
-    keys: KeySet, verifier: JwtVerifier, autojump_clock: trio.testing.MockClock
+    keys: TokenSigner, verifier: JwtVerifier, autojump_clock: trio.testing.MockClock
 ) -> None:
-    await verifier.verify(keys.token())
+    await verifier.verify(keys.sign())
     await trio.sleep(61)  # past the refresh interval
-    keys.published["key-2"] = rsa_key("key-2")
-    await verifier.verify(keys.token(kid="key-2"))
+    keys.rotate("key-2")  # a new key is published and signs from now on
+    await verifier.verify(keys.sign())
     assert keys.fetches == 2
 
 
-async def test_jwks_outage_is_not_the_callers_fault(keys: KeySet) -> None:
+async def test_jwks_outage_is_not_the_callers_fault(keys: TokenSigner) -> None:
     def down(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503)
 
     async with open_acs_rest(None, transport=httpx.MockTransport(down)) as rest:
         verifier = JwtVerifier(rest, jwks_url=JWKS_URL, issuer=ISSUER, audience=RESOURCE_ID)
         with pytest.raises(KeysUnavailable):
-            await verifier.verify(keys.token())
+            await verifier.verify(keys.sign())
 
 
 @pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer", "Bearer  "])
@@ -108,7 +109,7 @@ def test_bearer_token_extracts_the_token() -> None:
 
 
 async def test_a_failed_first_fetch_is_retried_soon_and_is_not_the_callers_fault(
-    keys: KeySet, autojump_clock: trio.testing.MockClock
+    keys: TokenSigner, autojump_clock: trio.testing.MockClock
 ) -> None:
     outage = [True]
 
@@ -118,10 +119,10 @@ async def test_a_failed_first_fetch_is_retried_soon_and_is_not_the_callers_fault
     async with open_acs_rest(None, transport=httpx.MockTransport(flaky)) as rest:
         verifier = JwtVerifier(rest, jwks_url=JWKS_URL, issuer=ISSUER, audience=RESOURCE_ID)
         with pytest.raises(KeysUnavailable):
-            await verifier.verify(keys.token())
+            await verifier.verify(keys.sign())
         with pytest.raises(KeysUnavailable):  # still no keys: 503, never 401 "unknown kid"
-            await verifier.verify(keys.token())
+            await verifier.verify(keys.sign())
         outage[0] = False
         await trio.sleep(1)
-        claims = await verifier.verify(keys.token())
+        claims = await verifier.verify(keys.sign())
         assert claims["aud"] == RESOURCE_ID

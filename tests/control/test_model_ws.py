@@ -11,7 +11,7 @@ import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from acs_trio.config import CallLimits, ModelEndpoint
-from acs_trio.control.model_ws import model_connector
+from acs_trio.control.model_ws import model_connector, retry_after
 from acs_trio.errors import ModelClosed, ModelConnectError, ModelRejected
 
 LIMITS = replace(CallLimits(), model_connect_timeout_s=5, close_timeout_s=1)
@@ -91,3 +91,39 @@ async def test_a_close_from_the_model_becomes_model_closed_with_its_code(
     assert info.value.code == 1011
     del info
     gc.collect()  # trio-websocket 0.12 leaves this client socket to the GC: reported here
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_rate_limited_handshake_carries_retry_after(nursery: trio.Nursery) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await request.reject(429, extra_headers=[(b"Retry-After", b"7")], body=b"slow down")
+
+    server = await nursery.start(partial(serve_websocket, handler, "127.0.0.1", 0, None))
+    endpoint = ModelEndpoint(url=f"ws://127.0.0.1:{server.port}/v1/realtime")
+    with trio.fail_after(5), pytest.raises(ModelRejected, match="HTTP 429") as info:
+        async with model_connector(endpoint, LIMITS)():
+            pass
+    assert (info.value.status_code, info.value.retry_after_s) == (429, 7.0)
+    del info
+    gc.collect()
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after(((b"retry-after", b"12"),)) == 12.0
+    assert retry_after(((b"Retry-After", b"Wed, 21 Oct 2015 07:28:00 GMT"),)) == 0.0  # past
+    assert retry_after(((b"Retry-After", b"soon"),)) is None
+    assert retry_after(((b"content-type", b"text/plain"),)) is None
+    assert retry_after(None) is None
+
+
+async def test_ping_returns_on_the_pong(nursery: trio.Nursery) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.get_message()  # trio-websocket answers pings while reading
+
+    server = await nursery.start(partial(serve_websocket, handler, "127.0.0.1", 0, None))
+    endpoint = ModelEndpoint(url=f"ws://127.0.0.1:{server.port}/v1/realtime")
+    with trio.fail_after(5):
+        async with model_connector(endpoint, LIMITS)() as ws:
+            await ws.ping()
+            await ws.send("bye")

@@ -35,8 +35,7 @@ from acs_trio.config import AcsSettings, ModelEndpoint, ServerSettings, Settings
 from acs_trio.control.app import create_app
 from acs_trio.control.server import hypercorn_config, serve
 from acs_trio.errors import ConfigError
-from tests.fakes import FakeAcs, pcm_tone
-from tests.jwt_helpers import (
+from tests.acs_service import (
     ISSUER,
     JWKS_URL,
     RESOURCE_ID,
@@ -44,6 +43,7 @@ from tests.jwt_helpers import (
     callback_event,
     incoming_call_event,
 )
+from tests.fakes import FakeAcs, pcm_tone
 
 
 def _settings(model: ModelEndpoint | None) -> Settings:
@@ -76,6 +76,9 @@ class FakeRealtime:
                 self.seen.append(event)
                 if event["type"] == "input_audio_buffer.append":
                     self.appended.set()
+                if event["type"] == "session.update":  # the bridge waits for the confirmation
+                    updated = {"type": "session.updated", "session": event["session"]}
+                    await ws.send_message(json.dumps(updated))
                 if event["type"] == "response.create":
                     for message in _greeting():
                         await ws.send_message(json.dumps(message))
@@ -91,7 +94,7 @@ async def _until_closed(ws: WebSocketConnection) -> None:
 
 
 def _greeting() -> list[dict[str, Any]]:
-    """realtime-protocol.md GA server events for one 300 ms spoken response."""
+    """docs/protocols/realtime.md GA server events for one 300 ms spoken response."""
     ids = {"response_id": "resp_1", "item_id": "item_1", "output_index": 0, "content_index": 0}
     delta = base64.b64encode(pcm_tone(100, 2000)).decode()
     return [
@@ -142,7 +145,7 @@ async def test_one_call_through_hypercorn(nursery: trio.Nursery) -> None:
             await acs.answer_seen.wait()  # answering runs after the 200, in the server's nursery
             token = acs.token_of(1)
             headers = [
-                (b"authorization", acs.keys.bearer().encode()),
+                (b"authorization", acs.signer.bearer().encode()),
                 (b"x-ms-call-connection-id", b"conn-1"),
                 (b"x-ms-call-correlation-id", b"corr-1"),
             ]
@@ -168,7 +171,7 @@ async def test_one_call_through_hypercorn(nursery: trio.Nursery) -> None:
                 hung_up = await http.post(
                     f"/api/callbacks/{token}",
                     json=[callback_event("CallDisconnected", "conn-1")],
-                    headers={"Authorization": acs.keys.bearer()},
+                    headers={"Authorization": acs.signer.bearer()},
                 )
                 assert hung_up.status_code == 200
                 await _until_closed(ws)

@@ -115,7 +115,7 @@ async def test_offline_demo_call(tmp_path: Path, caller_wav: Path) -> None:
     assert server["frames_out"] == sim["frames_received"]
     assert server["end_reason"] == "caller_hung_up"
     assert sim["hung_up_by"] == "simulator" and sim["close_code"] == 1000
-    assert png_size((out / "timeline.png").read_bytes()) == (1200, 360)
+    assert png_size((out / "timeline.png").read_bytes()) == (1200, 540)
 
     text = demo.summary_text(result)
     assert "OK" in text and "not a language model" in text

@@ -58,6 +58,22 @@ def test_expired_jwt_is_refused() -> None:
         jwt.decode(token, key, algorithms=["RS256"], issuer=OFFICIAL_ISSUER, audience="r")
 
 
+def test_rotation_publishes_the_new_key_and_keeps_the_old_one() -> None:
+    signer = TokenSigner(audience="r")
+    first_kid, before = signer.kid, signer.sign()
+    second_kid = signer.rotate()
+    after = signer.sign()
+    keys = {jwk["kid"]: jwt.PyJWK(jwk).key for jwk in signer.jwks()["keys"]}
+    assert set(keys) == {first_kid, second_kid} and first_kid != second_kid
+    assert jwt.get_unverified_header(after)["kid"] == second_kid
+    for token in (before, after):  # a token signed before the rotation still verifies
+        kid = jwt.get_unverified_header(token)["kid"]
+        jwt.decode(token, keys[kid], algorithms=["RS256"], issuer=OFFICIAL_ISSUER, audience="r")
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(before, keys[second_kid], algorithms=["RS256"], audience="r")
+    assert signer.fetches == 1
+
+
 def sdk_signed(body: dict[str, object], key: str = ACCESS_KEY) -> HttpRequest:
     """A request signed by the SDK's own HMACCredentialsPolicy, exactly as the aio client does."""
     request = HttpRequest("POST", URL)

@@ -52,7 +52,7 @@ def caller_wav(tmp_path: Path) -> Path:
 
 
 def audio_data(pcm: bytes) -> str:
-    """acs-protocol.md §4.4, the documented Python shape."""
+    """docs/protocols/acs.md §4.4, the documented Python shape."""
     return json.dumps(
         {
             "Kind": "AudioData",

@@ -1,4 +1,4 @@
-"""The simulator's messages match acs-protocol.md, and it reads the server's replies leniently."""
+"""The simulator's messages match docs/protocols/acs.md, and it reads the server's replies leniently."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The local realtime peer, over in-memory WebSocket pairs: one story per test, virtual time.
 
-Each test plays the client side of a Realtime GA session (realtime-protocol.md) against
+Each test plays the client side of a Realtime GA session (docs/protocols/realtime.md) against
 ``handle_connection`` and checks the wire: event order, exact VAD times on the audio timeline,
 audio lengths, errors.  One test goes over real TCP through ``serve_local_peer``.
 """

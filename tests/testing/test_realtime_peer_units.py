@@ -83,7 +83,7 @@ def test_merge_session_update_rules() -> None:
     merged = merge_session_update(
         current, {"type": "realtime", "model": "other", "tools": [], "audio": no_vad}
     )
-    assert merged["model"] == "m"  # "model cannot change" (RP §2.1)
+    assert merged["model"] == "m"  # "model cannot change" (docs/protocols/realtime.md §2.1)
     assert merged["audio"]["input"]["turn_detection"] is None
     assert current["audio"]["input"]["turn_detection"] is not None  # not mutated
     with pytest.raises(PeerRequestError) as err:

@@ -1,4 +1,4 @@
-"""The ACS media codec against the documented shapes (acs-protocol.md §4.2, §4.4)."""
+"""The ACS media codec against the documented shapes (docs/protocols/acs.md §4.2, §4.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Realtime codec: GA client events out, GA and beta server events in (realtime-protocol.md)."""
+"""The Realtime codec: GA client events out, GA and beta server events in (docs/protocols/realtime.md)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,28 @@ def test_client_events() -> None:
         "audio_end_ms": 1500,
     }
     assert json.loads(rt.response_create()) == {"type": "response.create"}
-    assert json.loads(rt.response_create("Hi")) == {
-        "type": "response.create",
-        "response": {"instructions": "Hi"},
+    # Never per-response instructions: they would replace the persona (the greeting is an item).
+    assert json.loads(rt.response_create("e7")) == {"type": "response.create", "event_id": "e7"}
+    assert json.loads(rt.truncate_item("item_1", 20, event_id="e8"))["event_id"] == "e8"
+    assert json.loads(rt.item_delete("item_2", "e9")) == {
+        "type": "conversation.item.delete",
+        "event_id": "e9",
+        "item_id": "item_2",
     }
+    assert json.loads(rt.message_item("assistant", "Hello.", "e10")) == {
+        "type": "conversation.item.create",
+        "event_id": "e10",
+        "item": {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hello."}],
+        },
+    }
+    assert json.loads(rt.message_item("user", "Hi"))["item"]["content"] == [
+        {"type": "input_text", "text": "Hi"}
+    ]
+    update = json.loads(rt.session_update(AgentSettings(), "e11"))
+    assert (update["type"], update["event_id"]) == ("session.update", "e11")
 
 
 @pytest.mark.parametrize("name", ["response.output_audio.delta", "response.audio.delta"])
@@ -75,6 +93,25 @@ def test_server_events() -> None:
         ' "status_details": {"type": "cancelled", "reason": "turn_detected"}}}'
     )
     assert done == rt.ResponseDone("r1", "cancelled", "turn_detected")
+    assert not done.failed
+    failed = parse(
+        '{"type": "response.done", "response": {"id": "r2", "status": "failed", "status_details":'
+        ' {"type": "failed", "error": {"type": "server_error", "code": "rate_limit_exceeded",'
+        ' "message": "slow down"}}}}'
+    )
+    assert failed == rt.ResponseDone(
+        "r2", "failed", None, "server_error/rate_limit_exceeded: slow down"
+    )
+    assert failed.failed
+    assert parse(
+        '{"type": "response.output_item.added", "response_id": "r", "output_index": 0,'
+        ' "item": {"id": "i", "type": "message", "role": "assistant"}}'
+    ) == rt.OutputItemAdded("r", "i", "message")
+    assert parse(
+        '{"type": "response.output_audio_transcript.delta", "item_id": "i", "delta": "He"}'
+    ) == rt.OutputTranscriptDelta("i", "He")
+    created = parse('{"type": "session.created", "session": {"expires_at": 1800000000}}')
+    assert isinstance(created, rt.SessionEvent) and created.expires_at == 1_800_000_000
     error = parse(
         '{"type": "error", "error": {"type": "invalid_request_error", "code": "session_expired",'
         ' "message": "m", "param": null, "event_id": "e1"}}'

@@ -14,7 +14,7 @@ from acs_trio.wire.webhook import (
     decode_event_grid,
     load_json_array,
 )
-from tests.jwt_helpers import callback_event, incoming_call_event
+from tests.acs_service import callback_event, incoming_call_event
 
 
 def test_event_grid_batch_decodes_each_event() -> None:

@@ -1,6 +1,6 @@
 """A stand-in for Azure Communication Services that plays phone calls against the server.
 
-It follows the documented wire formats (/work/shared/docs/acs-protocol.md; docs/simulator.md
+It follows the documented wire formats (docs/protocols/acs.md; docs/simulator.md
 lists which section each message comes from): Event Grid ``IncomingCall``, the Call Automation
 REST API the SDK calls (HMAC-checked), CloudEvents callbacks and the media WebSocket, all signed
 with its own JWKS and served over HTTPS with its own CA.

@@ -2,7 +2,7 @@
 
 Pure and synchronous (numpy).  :class:`PlayoutTrack` models what ACS does with audio the server
 sends back: it *queues* it and plays it in real time, and ``StopAudio`` flushes the queue
-(acs-protocol.md §4.4).  Recording through that model shows what the caller would actually hear,
+(docs/protocols/acs.md §4.4).  Recording through that model shows what the caller would actually hear,
 and when.
 """
 
@@ -32,7 +32,7 @@ __all__ = [
 
 Samples = npt.NDArray[np.int16]
 
-#: ACS sends 50 frames per second (acs-protocol.md §4.3).
+#: ACS sends 50 frames per second (docs/protocols/acs.md §4.3).
 FRAME_S = 0.02
 #: Frames quieter than this RMS (int16 units, about -50 dBFS) go out as ``silent: true`` zeros.
 DEFAULT_SILENCE_RMS = 100.0

@@ -115,7 +115,7 @@ async def _place(
         correlation_id=call.correlation_id,
         event_time=ctx.clock.event_grid(now),
     )
-    # Event Grid delivery headers (acs-protocol.md §1.2: normal events carry Notification [INF]).
+    # Event Grid delivery headers (docs/protocols/acs.md §1.2: normal events carry Notification [INF]).
     headers = {"aeg-event-type": "Notification", "aeg-delivery-count": "0",
                "aeg-subscription-name": "ACS-SIMULATOR", "aeg-data-version": "1.0",
                "aeg-metadata-version": "1"}  # fmt: skip

@@ -1,6 +1,6 @@
 """The media WebSocket as ACS drives it: a real-time sender of caller audio and a recorder.
 
-ACS is the WebSocket *client* (acs-protocol.md §4.1).  It sends ``AudioMetadata`` first, then one
+ACS is the WebSocket *client* (docs/protocols/acs.md §4.1).  It sends ``AudioMetadata`` first, then one
 ``AudioData`` every 20 ms for the whole call, silent or not (§4.2, §4.3).  :class:`MediaLink`
 does the same on absolute deadlines (``start + n × 20 ms``) so it never drifts, and records what
 the server sends back through the :class:`~.audio.PlayoutTrack` playout model.

@@ -20,7 +20,7 @@ __all__ = ["AnswerRequest", "CallRegistry", "SimCall"]
 
 @dataclass(frozen=True)
 class AnswerRequest:
-    """What the server asked for in ``answer_call`` (acs-protocol.md §2.2, §2.3)."""
+    """What the server asked for in ``answer_call`` (docs/protocols/acs.md §2.2, §2.3)."""
 
     callback_uri: str
     transport_url: str
@@ -31,7 +31,7 @@ class AnswerRequest:
 
     @property
     def sample_rate(self) -> int:
-        # acs-protocol.md §2.3: the default when audioFormat is omitted is PCM 16K mono.
+        # docs/protocols/acs.md §2.3: the default when audioFormat is omitted is PCM 16K mono.
         return 24000 if self.audio_format == "pcm24KMono" else 16000
 
 

@@ -34,7 +34,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 MAX_BODY_BYTES = 256 * 1024
 _CONNECTION = re.compile(r"^/calling/callConnections/(?P<id>[^/:]+)(?P<action>:terminate)?$")
-_FORMATS = {"pcm16KMono", "pcm24KMono"}  # acs-protocol.md §2.3
+_FORMATS = {"pcm16KMono", "pcm24KMono"}  # docs/protocols/acs.md §2.3
 
 
 class BadRequest(Exception):
@@ -132,7 +132,7 @@ class FakeAcsApp:
         call.hung_up.set()
 
     def _answer(self, body: dict[str, Any]) -> SimCall:
-        """Validate an ``AnswerCallRequest`` (acs-protocol.md §2.2/§2.3) and connect the call."""
+        """Validate an ``AnswerCallRequest`` (docs/protocols/acs.md §2.2/§2.3) and connect the call."""
         context = body.get("incomingCallContext")
         call = self.registry.by_context(context) if isinstance(context, str) else None
         if call is None:

@@ -1,7 +1,7 @@
 """What the simulator puts on the wire, and how it reads what the server sends back.
 
 Pure and synchronous: every builder returns the exact JSON shape of a cited section of
-acs-protocol.md, so tests can compare against the document and the media sender can pre-encode
+docs/protocols/acs.md, so tests can compare against the document and the media sender can pre-encode
 frames once per call.
 """
 
@@ -55,7 +55,7 @@ class WallClock:
 
 
 def phone_identifier(number: str) -> dict[str, Any]:
-    """A PSTN identifier; raw id prefix ``4:`` (acs-protocol.md §1.3)."""
+    """A PSTN identifier; raw id prefix ``4:`` (docs/protocols/acs.md §1.3)."""
     return {"kind": "phoneNumber", "rawId": f"4:{number}", "phoneNumber": {"value": number}}
 
 
@@ -70,7 +70,7 @@ def incoming_call_event(
     correlation_id: str,
     event_time: str,
 ) -> list[dict[str, Any]]:
-    """The Event Grid schema array POSTed to ``/api/incomingCall`` (acs-protocol.md §1.1, §1.3)."""
+    """The Event Grid schema array POSTed to ``/api/incomingCall`` (docs/protocols/acs.md §1.1, §1.3)."""
     source, target = phone_identifier(caller), phone_identifier(recipient)
     return [
         {
@@ -106,7 +106,7 @@ def cloud_event(
     operation_context: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One Call Automation callback event in the CloudEvents 1.0 envelope (acs-protocol.md §3).
+    """One Call Automation callback event in the CloudEvents 1.0 envelope (docs/protocols/acs.md §3).
 
     ``name`` is e.g. ``"CallConnected"``; ``data.type`` is its lower-camel form as in the §3
     example.  Common data fields follow the generated models (§3).
@@ -134,7 +134,7 @@ def cloud_event(
 
 
 def audio_metadata(*, subscription_id: str, sample_rate: int) -> str:
-    """The first media message (acs-protocol.md §4.2); ``length`` = PCM bytes per 20 ms (§4.3)."""
+    """The first media message (docs/protocols/acs.md §4.2); ``length`` = PCM bytes per 20 ms (§4.3)."""
     return json.dumps(
         {
             "kind": "AudioMetadata",
@@ -150,7 +150,7 @@ def audio_metadata(*, subscription_id: str, sample_rate: int) -> str:
 
 
 class AudioFrameEncoder:
-    """Builds ``AudioData`` messages (acs-protocol.md §4.2) with the costly part pre-encoded.
+    """Builds ``AudioData`` messages (docs/protocols/acs.md §4.2) with the costly part pre-encoded.
 
     Only the timestamp changes per send, so each frame's JSON tail (raw id, base64 data, silent
     flag) is encoded once by :meth:`tail` and :meth:`message` glues a timestamp in front of it.
@@ -190,7 +190,7 @@ class Outbound:
 
 
 def _ci(obj: dict[str, Any], key: str) -> Any:
-    """Case-insensitive lookup: the service's parser evidently is (acs-protocol.md §4.4 [INF])."""
+    """Case-insensitive lookup: the service's parser evidently is (docs/protocols/acs.md §4.4 [INF])."""
     for name, value in obj.items():
         if name.lower() == key.lower():
             return value

@@ -16,7 +16,7 @@ GREETING_TRANSCRIPT = "Hi, test agent here. How can I help?"
 
 
 def pcm_ms(n_bytes: int) -> int:
-    """Duration of PCM16 24 kHz mono: 48 bytes per ms (realtime-protocol.md §4)."""
+    """Duration of PCM16 24 kHz mono: 48 bytes per ms (docs/protocols/realtime.md §4)."""
     return n_bytes // 48
 
 

@@ -2,7 +2,7 @@
 
 All protocol decisions live in :class:`~.session.PeerSession`; this module only moves frames and
 paces audio.  Deltas are paced with ``trio.sleep`` faster than real time, as the real service sends
-them (realtime-protocol.md §5: the client "manages audio playback"), so a barge-in arriving from the
+them (docs/protocols/realtime.md §5: the client "manages audio playback"), so a barge-in arriving from the
 receive loop can cut a response half-way: the session marks the plan finished and the sender, which
 only acts between awaits, sends no further delta.
 """
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 PLAN_QUEUE_SIZE = 4
 #: How long the closing handshake may take once the connection is over.
 CLOSE_TIMEOUT_S = 2.0
-#: Session lifetime announced in ``session.created.expires_at`` (RP §6: 60 min on OpenAI GA).
+#: Session lifetime announced in ``session.created.expires_at`` (docs/protocols/realtime.md §6: 60 min on OpenAI GA).
 SESSION_LIFETIME_S = 3600
 
 
@@ -79,7 +79,7 @@ async def handle_connection(
     """
     settings = settings or LocalPeerSettings()
     stats = stats if stats is not None else PeerStats()
-    # Wall clock on purpose: session.expires_at is a real Unix timestamp on the wire (RP §6).
+    # Wall clock on purpose: session.expires_at is a real Unix timestamp on the wire (docs/protocols/realtime.md §6).
     expires_at = int(time.time()) + SESSION_LIFETIME_S
     session = PeerSession(settings, stats, greeting=load_pcm("greeting.wav"), expires_at=expires_at)
     link = _Link(ws, settings, stats)

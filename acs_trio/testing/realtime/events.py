@@ -1,7 +1,7 @@
-"""Builders for the server events of items and responses (GA names and fields, RP §3).
+"""Builders for the server events of items and responses (GA names and fields, docs/protocols/realtime.md §3).
 
-Pure functions from plain values to JSON-ready dicts.  "RP" is realtime-protocol.md.  Audio bytes
-never appear here except in ``response.output_audio.delta`` (RP §3.2: item and done events never
+Pure functions from plain values to JSON-ready dicts.  Audio bytes
+never appear here except in ``response.output_audio.delta`` (docs/protocols/realtime.md §3.2: item and done events never
 carry audio).
 """
 
@@ -26,7 +26,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ResponseIds:
-    """The ids every event of one response repeats (RP §3.2 field lists)."""
+    """The ids every event of one response repeats (docs/protocols/realtime.md §3.2 field lists)."""
 
     response_id: str
     item_id: str
@@ -45,7 +45,7 @@ class ResponseIds:
 
 
 def user_audio_item(item_id: str, transcript: str | None = None) -> Event:
-    """A committed user audio message; every GA item has ``object: "realtime.item"`` (RP §3.1)."""
+    """A committed user audio message; every GA item has ``object: "realtime.item"`` (docs/protocols/realtime.md §3.1)."""
     return {
         "id": item_id,
         "object": "realtime.item",
@@ -57,7 +57,7 @@ def user_audio_item(item_id: str, transcript: str | None = None) -> Event:
 
 
 def assistant_item(item_id: str, *, status: str, transcript: str | None) -> Event:
-    """The assistant message a response writes; GA content type ``output_audio`` (RP §3.1)."""
+    """The assistant message a response writes; GA content type ``output_audio`` (docs/protocols/realtime.md §3.1)."""
     content = [] if transcript is None else [{"type": "output_audio", "transcript": transcript}]
     return {
         "id": item_id,
@@ -72,16 +72,16 @@ def assistant_item(item_id: str, *, status: str, transcript: str | None) -> Even
 def content_part(transcript: str) -> Event:
     """``part`` of ``response.content_part.added/done``.
 
-    [INF] RP lists no field list for content_part events; the SDK's part union uses ``"audio"``
-    (the item content type became ``output_audio`` in GA, RP §3.1).
+    [INF] docs/protocols/realtime.md lists no field list for content_part events; the SDK's part union uses ``"audio"``
+    (the item content type became ``output_audio`` in GA, docs/protocols/realtime.md §3.1).
     """
     return {"type": "audio", "transcript": transcript}
 
 
 def usage_block(*, input_audio_ms: int, output_audio_ms: int, output_words: int) -> Event:
-    """Token usage in the shape of RP §3.2's verbatim ``response.done`` example.
+    """Token usage in the shape of docs/protocols/realtime.md §3.2's verbatim ``response.done`` example.
 
-    Counts follow RP §4's rates (user audio 1 token / 100 ms, assistant audio 1 token / 50 ms); a
+    Counts follow docs/protocols/realtime.md §4's rates (user audio 1 token / 100 ms, assistant audio 1 token / 50 ms); a
     transcript word counts as one text token [INF].  No caching happens here.
     """
     audio_in = math.ceil(input_audio_ms / 100)
@@ -111,7 +111,7 @@ def response_object(
     output: list[Event] | None = None,
     usage: Event | None = None,
 ) -> Event:
-    """``response`` of ``response.created`` / ``response.done`` (RP §3.2)."""
+    """``response`` of ``response.created`` / ``response.done`` (docs/protocols/realtime.md §3.2)."""
     return {
         "object": "realtime.response",
         "id": ids.response_id,
@@ -128,9 +128,9 @@ def response_object(
 
 
 def rate_limits_updated(ids: IdFactory, *, tokens_used: int) -> Event:
-    """``rate_limits.updated`` with the ``requests`` and ``tokens`` entries (RP §3.2, §6).
+    """``rate_limits.updated`` with the ``requests`` and ``tokens`` entries (docs/protocols/realtime.md §3.2, §6).
 
-    The limits are made up (RP: "no verified per-tier numbers"); only the shape matters.
+    The limits are made up (docs/protocols/realtime.md §6: no per-tier numbers are documented); only the shape matters.
     """
     return {
         "type": "rate_limits.updated",

@@ -1,7 +1,7 @@
 """The input audio buffer and its VAD: which samples belong to the turn being spoken.
 
 Pure and sync.  Samples are indexed on the session's audio timeline (sample 0 = first appended
-sample), the same timeline ``audio_start_ms``/``audio_end_ms`` are measured on (RP §3.2).  Memory
+sample), the same timeline ``audio_start_ms``/``audio_end_ms`` are measured on (docs/protocols/realtime.md §3.2).  Memory
 stays bounded: while nobody speaks only the prefix-padding window is kept, and the whole buffer is
 capped at ``max_input_buffer_s``.
 """

@@ -1,8 +1,8 @@
 """Pure codec for the Realtime GA wire protocol, server side: client events in, errors out.
 
 Nothing here does I/O or keeps connection state; :mod:`.session` decides *what* to say and this
-module decides *how it looks on the wire*.  Every shape cites realtime-protocol.md (the project's
-research notes, "RP" below) or is marked [INF] where the notes are silent and we chose.
+module decides *how it looks on the wire*.  Every shape cites docs/protocols/realtime.md (the project's
+protocol notes) or is marked [INF] where the notes are silent and we chose.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ __all__ = [
 #: A JSON object as sent on the wire.
 Event = dict[str, Any]
 
-#: The only PCM format GA accepts (RP §4: `rate` is `Literal[24000]`).
+#: The only PCM format GA accepts (docs/protocols/realtime.md §4: `rate` is `Literal[24000]`).
 PCM_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
 
-#: Client event types this peer understands (RP §2).  Anything else is an ``invalid_value`` error.
+#: Client event types this peer understands (docs/protocols/realtime.md §2).  Anything else is an ``invalid_value`` error.
 CLIENT_EVENT_TYPES = (
     "session.update",
     "input_audio_buffer.append",
@@ -45,7 +45,7 @@ CLIENT_EVENT_TYPES = (
     "response.cancel",
 )
 
-#: server_vad defaults from RP §2.1 ("[SRC] docstrings").
+#: server_vad defaults from docs/protocols/realtime.md §2.1 ("[SRC] docstrings").
 SERVER_VAD_DEFAULTS: dict[str, Any] = {
     "type": "server_vad",
     "threshold": 0.5,
@@ -58,9 +58,9 @@ SERVER_VAD_DEFAULTS: dict[str, Any] = {
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 
-#: GA session fields a client may send (RP §2.1 full example, plus ``prompt``/``include`` from the
+#: GA session fields a client may send (docs/protocols/realtime.md §2.1 full example, plus ``prompt``/``include`` from the
 #: SDK types).  Anything else, such as the beta names ``modalities`` or ``input_audio_format``
-#: (RP §3.1), is refused as the API refuses unknown parameters [INF: code ``unknown_parameter``].
+#: (docs/protocols/realtime.md §3.1), is refused as the API refuses unknown parameters [INF: code ``unknown_parameter``].
 SESSION_KEYS = frozenset(
     {"type", "model", "output_modalities", "instructions", "audio", "tools", "tool_choice",
      "max_output_tokens", "tracing", "truncation", "prompt", "include"}
@@ -72,10 +72,10 @@ AUDIO_KEYS = {
 
 
 class PeerRequestError(Exception):
-    """A client event the real service would answer with an ``error`` event (RP §6).
+    """A client event the real service would answer with an ``error`` event (docs/protocols/realtime.md §6).
 
     Raised by the pure code and turned into one ``error`` event by the session; the socket stays
-    open, as with the real service ("Most errors are recoverable", RP §3.2).
+    open, as with the real service ("Most errors are recoverable", docs/protocols/realtime.md §3.2).
     """
 
     def __init__(
@@ -97,7 +97,7 @@ class PeerRequestError(Exception):
 
 
 class IdFactory:
-    """Makes ids shaped like the service's (``event_`` + 21 alphanumerics, RP §2.4 examples).
+    """Makes ids shaped like the service's (``event_`` + 21 alphanumerics, docs/protocols/realtime.md §2.4 examples).
 
     A seed makes a connection's ids reproducible in tests; without one they are random.
     """
@@ -110,7 +110,7 @@ class IdFactory:
 
 
 def error_event(ids: IdFactory, err: PeerRequestError, client_event_id: str | None) -> Event:
-    """``error``: ``{event_id, error: {type, code, message, param, event_id}}`` (RP §3.2, §6)."""
+    """``error``: ``{event_id, error: {type, code, message, param, event_id}}`` (docs/protocols/realtime.md §3.2, §6)."""
     return {
         "type": "error",
         "event_id": ids.new("event"),
@@ -128,9 +128,9 @@ def parse_client_event(text: str) -> Event:
     """Decode one client text frame into a JSON object with a known ``type``.
 
     Raises:
-        PeerRequestError: malformed JSON (code ``invalid_json`` [INF]: RP gives no example), not an
+        PeerRequestError: malformed JSON (code ``invalid_json`` [INF]: the protocol notes give no example), not an
             object, no ``type`` (``missing_required_parameter``), or an unknown type
-            (``invalid_value``, param ``type``, the message shape of RP §6's example).
+            (``invalid_value``, param ``type``, the message shape of docs/protocols/realtime.md §6's example).
     """
     try:
         event = json.loads(text)
@@ -162,7 +162,7 @@ def parse_client_event(text: str) -> Event:
 
 
 def default_session(ids: IdFactory, *, model: str, expires_at: int) -> Event:
-    """The configuration ``session.created`` announces (GA shape, RP §2.1 and §3.2)."""
+    """The configuration ``session.created`` announces (GA shape, docs/protocols/realtime.md §2.1 and §3.2)."""
     return {
         "type": "realtime",
         "object": "realtime.session",
@@ -190,7 +190,7 @@ def default_session(ids: IdFactory, *, model: str, expires_at: int) -> Event:
 
 
 def merge_session_update(current: Event, update: Any) -> Event:
-    """Validate a ``session.update``'s ``session`` and merge it into ``current`` (RP §2.1 rules).
+    """Validate a ``session.update``'s ``session`` and merge it into ``current`` (docs/protocols/realtime.md §2.1 rules).
 
     Only present fields change; ``turn_detection: null`` switches VAD off; a given
     ``turn_detection`` object is completed with the server_vad defaults.  Returns a new dict.
@@ -223,7 +223,7 @@ def merge_session_update(current: Event, update: Any) -> Event:
         if key == "audio":
             _merge_audio(merged["audio"], value)
         elif key == "model":
-            continue  # "model cannot change" (RP §2.1); the URL picks it, so ignore quietly
+            continue  # "model cannot change" (docs/protocols/realtime.md §2.1); the URL picks it, so ignore quietly
         elif key == "output_modalities":
             if value not in (["audio"], ["text"]):
                 raise PeerRequestError(
@@ -271,8 +271,8 @@ def _unknown(param: str) -> PeerRequestError:
 
 
 def _check_format(value: Any, param: str) -> None:
-    # RP §4: only {"type": "audio/pcm", "rate": 24000} is PCM; "A supplied PCM format without
-    # `rate` is rejected" (RP §2.1 ⚠).  G.711 is valid GA, but this peer speaks PCM only.
+    # docs/protocols/realtime.md §4: only {"type": "audio/pcm", "rate": 24000} is PCM; "A supplied PCM format without
+    # `rate` is rejected" (docs/protocols/realtime.md §2.1 ⚠).  G.711 is valid GA, but this peer speaks PCM only.
     if not isinstance(value, dict) or value.get("type") != "audio/pcm":
         got = value.get("type") if isinstance(value, dict) else value
         raise PeerRequestError(
@@ -290,7 +290,7 @@ def _check_format(value: Any, param: str) -> None:
 
 def _turn_detection(value: Any, param: str) -> Event | None:
     if value is None:
-        return None  # VAD off: push-to-talk (RP §2.1 "turn_detection to null")
+        return None  # VAD off, push-to-talk: docs/protocols/realtime.md §2.1
     if not isinstance(value, dict) or value.get("type") not in ("server_vad", "semantic_vad"):
         raise PeerRequestError(
             "invalid_value",

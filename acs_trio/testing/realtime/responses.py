@@ -1,7 +1,7 @@
 """Responses as the peer streams them: the plan, its audio chunks and its closing cascade.  Pure.
 
 A :class:`ResponsePlan` is one response's audio and transcript plus how much has gone out.  The
-:class:`Responder` builds every ``response.*`` event for it in the GA order of RP §3.2 ("Event order
+:class:`Responder` builds every ``response.*`` event for it in the GA order of docs/protocols/realtime.md §3.2 ("Event order
 for a VAD turn"): created, output_item.added, content_part.added, audio and transcript deltas
 interleaved, then the ``…done`` events, ``response.done`` and ``rate_limits.updated``.
 """
@@ -117,10 +117,10 @@ class Responder:
         return self._close(plan, "cancelled", {"type": "cancelled", "reason": reason})
 
     def _close(self, plan: ResponsePlan, status: str, details: Event | None) -> list[Event]:
-        """The ``…done`` cascade (RP §3.2 "Close").
+        """The ``…done`` cascade (docs/protocols/realtime.md §3.2 "Close").
 
         [INF] A cancelled response also closes its audio, part and item (item status
-        ``incomplete``) before ``response.done``: RP names only ``response.done`` for a cancel,
+        ``incomplete``) before ``response.done``: docs/protocols/realtime.md names only ``response.done`` for a cancel,
         but clients that track parts expect every ``added`` to be matched by a ``done``.
         """
         plan.finished = True

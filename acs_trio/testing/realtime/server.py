@@ -20,7 +20,7 @@ __all__ = ["REALTIME_PATH", "main", "serve_local_peer"]
 
 logger = logging.getLogger(__name__)
 
-#: The Realtime endpoint path (contract "Wire facts"; RP §1.1 ``/v1/realtime``).
+#: The Realtime endpoint path (contract "Wire facts"; docs/protocols/realtime.md §1.1 ``/v1/realtime``).
 REALTIME_PATH = "/v1/realtime"
 
 BANNER = (

@@ -86,7 +86,7 @@ class PeerSession:
         return td
 
     def opening(self) -> list[Event]:
-        """``session.created``: the first event on a connection (RP §3.2)."""
+        """``session.created``: the first event on a connection (docs/protocols/realtime.md §3.2)."""
         return [self._event("session.created", session=self.session)]
 
     def receive(self, message: str | bytes) -> list[Outgoing]:
@@ -113,7 +113,7 @@ class PeerSession:
 
     @property
     def active(self) -> ResponsePlan | None:
-        """The response being streamed, if any (at most one writes the conversation, RP §2.5)."""
+        """The response being streamed, if any (at most one writes the conversation, docs/protocols/realtime.md §2.5)."""
         return self.responder.active
 
     def next_chunk(self, plan: ResponsePlan) -> list[Event]:
@@ -138,7 +138,7 @@ class PeerSession:
                 raise ValueError
             pcm = base64.b64decode(audio, validate=True)
         except (ValueError, binascii.Error):
-            # Verbatim message, code and param from RP §4 "Example errors".
+            # Verbatim message, code and param from docs/protocols/realtime.md §4 "Example errors".
             raise PeerRequestError(
                 "invalid_value",
                 "Invalid 'audio'. Expected base64-encoded audio bytes (mono PCM16 at 24kHz) "
@@ -154,7 +154,7 @@ class PeerSession:
     def _on_input_audio_buffer_commit(self, event: Event) -> list[Outgoing]:
         ms = self._input.buffered_ms()
         if ms < 100:
-            # RP §6 "Commit": message and code as observed.
+            # docs/protocols/realtime.md §6 "Commit": message and code as observed.
             raise PeerRequestError(
                 "input_audio_buffer_commit_empty",
                 f"Error committing input audio buffer: buffer too small. Expected at least 100ms "
@@ -204,7 +204,7 @@ class PeerSession:
         item_id = event.get("item_id")
         record = self._conv.items.get(item_id) if isinstance(item_id, str) else None
         if record is None or not isinstance(item_id, str):
-            # [INF] code named like pipecat's item_retrieve_invalid_item_id (RP §6); docs say so.
+            # [INF] code named like pipecat's item_retrieve_invalid_item_id (docs/protocols/realtime.md §6); docs say so.
             raise PeerRequestError(
                 "item_truncate_invalid_item_id",
                 f"Item with item_id {item_id!r} not found.",
@@ -225,7 +225,7 @@ class PeerSession:
                 param="audio_end_ms",
             )
         if record.model_audio_bytes == 0:
-            # RP §5 step 4: the API's answer to truncating before any model audio.
+            # docs/protocols/realtime.md §5 step 4: the API's answer to truncating before any model audio.
             raise PeerRequestError(
                 "unsupported_content_type",
                 "Only model output audio messages can be truncated",
@@ -233,7 +233,7 @@ class PeerSession:
             )
         have_ms = pcm_ms(record.model_audio_bytes)
         if end_ms > have_ms:
-            # Message shape as observed: RP §5 "Known truncate errors".
+            # Message shape as observed: docs/protocols/realtime.md §5 "Known truncate errors".
             raise PeerRequestError(
                 "invalid_value",
                 f"Audio content of {have_ms}ms is already shorter than {end_ms}ms",
@@ -309,15 +309,28 @@ class PeerSession:
         return out
 
     def _commit_user_item(self, item_id: str, audio: bytes) -> list[Event]:
-        """``committed`` then ``conversation.item.added``/``.done`` (RP §3.2 VAD-turn order)."""
+        """``committed`` then ``conversation.item.added``/``.done`` (docs/protocols/realtime.md §3.2 VAD-turn order)."""
         previous = self._conv.last_id
         item = user_audio_item(item_id)
         self._conv.items[item_id] = _Item(item, user_audio_bytes=len(audio))
-        return [
+        events = [
             self._event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id),
             self._event("conversation.item.added", previous_item_id=previous, item=item),
             self._event("conversation.item.done", previous_item_id=previous, item=item),
         ]
+        if self.session["audio"]["input"].get("transcription"):
+            # No ASR here: a placeholder that says so, in the GA event's shape (RP §3.2), so a
+            # client's transcript view has something for the caller's turn.
+            events.append(
+                self._event(
+                    "conversation.item.input_audio_transcription.completed",
+                    item_id=item_id,
+                    content_index=0,
+                    transcript=f"({pcm_ms(len(audio)) / 1000:.1f} s of speech; the local test "
+                    "peer does not transcribe)",
+                )
+            )
+        return events
 
     def _start_response(self) -> list[Outgoing]:
         """Opening events, then the plan: the greeting first, afterwards an echo of the caller."""

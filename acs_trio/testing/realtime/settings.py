@@ -28,7 +28,7 @@ class LocalPeerSettings:
     send_timeout_s: float = 10.0
     #: Input audio kept while nobody commits it (VAD off, or one endless turn).
     max_input_buffer_s: float = 120.0
-    #: Largest client frame accepted: one ``append`` may carry 15 MiB of audio (RP §6), base64'd.
+    #: Largest client frame accepted: one ``append`` may carry 15 MiB of audio (docs/protocols/realtime.md §6), base64'd.
     max_message_size: int = 21 * 2**20
     #: Reported as ``session.model``.
     model: str = "acs-trio-local-test-peer"

@@ -4,10 +4,10 @@ The real service's server VAD is a model; this stand-in only compares each frame
 threshold in dBFS.  Time is the count of samples received, never a clock, so a test that sends
 1.0 s of silence then 1.0 s of tone knows to the millisecond what the events will say.
 
-Semantics (realtime-protocol.md §3.2, "RP"): ``audio_start_ms`` counts from the start of all
+Semantics (docs/protocols/realtime.md §3.2): ``audio_start_ms`` counts from the start of all
 audio written in the session and includes ``prefix_padding_ms``.  ``audio_end_ms`` is where the
 silence that ended the turn reached ``silence_duration_ms``, i.e. the last voiced frame's end plus
-the silence duration [INF: RP is silent; this matches the SDK's description of the end of audio
+the silence duration [INF: docs/protocols/realtime.md is silent; this matches the SDK's description of the end of audio
 sent to the model including the configured silence].
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = ["SAMPLE_RATE", "EnergyVad", "VadConfig", "VadEvent", "dbfs", "threshold_to_dbfs"]
 
-#: PCM16 mono at 24 kHz (RP §4).
+#: PCM16 mono at 24 kHz (docs/protocols/realtime.md §4).
 SAMPLE_RATE = 24_000
 
 

@@ -1,84 +1,35 @@
-"""A local stand-in for Call Automation's signing keys: RSA keys, a JWKS, and a token maker.
+"""Call Automation's REST API and JWKS as one ``httpx.MockTransport``, and the events ACS sends.
 
-Tokens look like ACS's (acs-protocol.md §5.1): RS256, ``kid`` header, issuer
-``https://acscallautomation.communication.azure.com``, audience = the resource's immutable id.
+Tokens come from the package's own signer, :class:`acs_trio.testing.tokens.TokenSigner`.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
-import jwt
 import trio
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-ISSUER = "https://acscallautomation.communication.azure.com"
+from acs_trio.testing.tokens import OFFICIAL_ISSUER, TokenSigner
+
+ISSUER = OFFICIAL_ISSUER
 RESOURCE_ID = "11111111-2222-3333-4444-555555555555"
 JWKS_URL = "https://acs-keys.test/calling/keys"
 
 
-@cache
-def rsa_key(name: str) -> rsa.RSAPrivateKey:
-    """One key per name, generated once per test session (2048-bit generation is slow-ish)."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def public_jwk(kid: str, key: rsa.RSAPrivateKey) -> dict[str, Any]:
-    jwk: dict[str, Any] = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    jwk.update(kid=kid, use="sig", alg="RS256")
-    return jwk
-
-
-@dataclass
-class KeySet:
-    """The keys the fake JWKS endpoint publishes; ``fetches`` counts requests to it."""
-
-    published: dict[str, rsa.RSAPrivateKey] = field(
-        default_factory=lambda: {"key-1": rsa_key("key-1")}
-    )
-    fetches: int = 0
-
-    def jwks(self) -> dict[str, Any]:
-        self.fetches += 1
-        return {"keys": [public_jwk(kid, key) for kid, key in self.published.items()]}
-
-    def token(
-        self,
-        *,
-        kid: str = "key-1",
-        key: rsa.RSAPrivateKey | None = None,
-        issuer: str = ISSUER,
-        audience: str = RESOURCE_ID,
-        expires_in_s: float = 300,
-    ) -> str:
-        """A token signed by ``key`` (default: the published key called ``kid``)."""
-        now = int(time.time())  # JWT claims are wall-clock timestamps by definition
-        signing_key = key if key is not None else self.published.get(kid) or rsa_key(kid)
-        claims = {
-            "iss": issuer,
-            "aud": audience,
-            "iat": now,
-            "nbf": now,
-            "exp": now + int(expires_in_s),
-        }
-        return jwt.encode(claims, signing_key, algorithm="RS256", headers={"kid": kid})
-
-    def bearer(self, **kwargs: Any) -> str:
-        return f"Bearer {self.token(**kwargs)}"
+def signer() -> TokenSigner:
+    """The test resource's signer; its key is generated once per test session (see ``rsa_key``)."""
+    return TokenSigner(audience=RESOURCE_ID, kid="key-1")
 
 
 class FakeAcsService:
     """Call Automation REST + the JWKS behind one ``httpx.MockTransport`` (``.transport``).
 
     Records every request; answers ``…:answer`` with ``conn-<n>``, ``…:terminate`` with 204 and
-    the JWKS URL with :class:`KeySet`'s keys.  ``answer_status`` makes answers fail.
+    the JWKS URL with ``signer``'s keys.  ``answer_status`` makes answers fail.
     """
 
-    def __init__(self, keys: KeySet | None = None) -> None:
-        self.keys = keys or KeySet()
+    def __init__(self) -> None:
+        self.signer = signer()
         self.answers: list[dict[str, Any]] = []
         self.hang_ups: list[str] = []
         self.answer_status = 200
@@ -105,7 +56,7 @@ class FakeAcsService:
         if str(request.url) == JWKS_URL:
             if self.jwks_status != 200:
                 return httpx.Response(self.jwks_status)
-            return httpx.Response(200, json=self.keys.jwks())
+            return httpx.Response(200, json=self.signer.jwks())
         path = request.url.path
         if path == "/calling/callConnections:answer":
             body = json.loads(request.content)
@@ -151,7 +102,7 @@ class FakeAcsService:
 def incoming_call_event(
     event_id: str, context: str, correlation_id: str = "corr-x"
 ) -> dict[str, Any]:
-    """Event Grid schema IncomingCall (acs-protocol.md §1.3)."""
+    """Event Grid schema IncomingCall (docs/protocols/acs.md §1.3)."""
     return {
         "id": event_id,
         "topic": "/subscriptions/x/resourceGroups/g/providers/Microsoft.Communication/"
@@ -181,7 +132,7 @@ def incoming_call_event(
 
 
 def callback_event(name: str, call_connection_id: str, **data: Any) -> dict[str, Any]:
-    """A Call Automation CloudEvent (acs-protocol.md §3)."""
+    """A Call Automation CloudEvent (docs/protocols/acs.md §3)."""
     source = f"calling/callConnections/{call_connection_id}/{name}"
     return {
         "id": f"evt-{name}-{call_connection_id}",

@@ -1,0 +1,379 @@
+"""Stories of browser calls through the softphone routes, under the mock clock.
+
+The "page" here is Quart's test websocket client speaking what softphone.js speaks (the ACS
+media protocol on the media socket, JSON events on the side channel); the call is the real
+``run_call`` and the model a :class:`~tests.fakes.FakeModel`.  The same page in a real Chromium
+is tested in ``test_softphone_browser.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+from quart.testing.connections import WebsocketDisconnectError, WebsocketResponseError
+from trio.testing import wait_all_tasks_blocked
+
+from acs_trio.config import (
+    SOFTPHONE_MEDIA_CONNECT_S,
+    AgentSettings,
+    Settings,
+    SoftphoneSettings,
+)
+from acs_trio.control.app import create_app
+from acs_trio.control.softphone import create_phone_app
+from acs_trio.errors import ConfigError
+from tests.fakes import FakeModel, pcm_tone
+
+TOKEN = "t" * 32
+PAGE = f"/softphone/{TOKEN}"
+
+
+def metadata(rate: int = 24000) -> str:
+    return json.dumps(
+        {
+            "kind": "AudioMetadata",
+            "audioMetadata": {
+                "subscriptionId": "sub-1",
+                "encoding": "PCM",
+                "sampleRate": rate,
+                "channels": 1,
+                "length": rate // 50 * 2,
+            },
+        }
+    )
+
+
+def audio_frame(pcm: bytes) -> str:
+    return json.dumps(
+        {
+            "kind": "AudioData",
+            "audioData": {
+                "timestamp": "2026-12-07T09:00:00.000Z",
+                "participantRawID": "8:softphone:test",
+                "data": base64.b64encode(pcm).decode(),
+                "silent": False,
+            },
+        }
+    )
+
+
+@dataclass
+class Phone:
+    app: Any
+    client: Any
+    model: FakeModel
+    nursery: trio.Nursery
+
+    @asynccontextmanager
+    async def events(self) -> AsyncIterator[Any]:
+        async with self.client.websocket(f"{PAGE}/events") as ws:
+            yield ws
+
+
+@asynccontextmanager
+async def phone(nursery: trio.Nursery, agent: AgentSettings | None = None) -> AsyncIterator[Phone]:
+    model = FakeModel(nursery)
+    settings = Settings(agent=agent or AgentSettings(greeting=None))
+    app = create_phone_app(settings, SoftphoneSettings(token=TOKEN), model.connect)
+    async with app.test_app() as test_app:
+        yield Phone(app, test_app.test_client(), model, nursery)
+
+
+async def next_event(ws: Any) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(await ws.receive())
+    return event
+
+
+async def events_until(ws: Any, kind: str) -> list[dict[str, Any]]:
+    seen = []
+    while True:
+        seen.append(await next_event(ws))
+        if seen[-1]["type"] == kind:
+            return seen
+
+
+async def close_code(ws: Any) -> int:
+    """Read until the server closes the socket; its close code."""
+    while True:
+        try:
+            await ws.receive()
+        except WebsocketDisconnectError as exc:
+            code: int = exc.args[0]
+            return code
+
+
+async def refusal(client: Any, path: str) -> int | None:
+    status = None
+    try:
+        async with client.websocket(path) as ws:
+            await ws.receive()
+    except* WebsocketResponseError as group:
+        status = group.exceptions[0].response.status_code  # type: ignore[attr-defined]
+    return status
+
+
+# -- the page and its token ---------------------------------------------------------------------
+
+
+async def test_the_page_and_its_files_are_behind_the_token(nursery: trio.Nursery) -> None:
+    async with phone(nursery) as p:
+        page = await p.client.get(f"{PAGE}/")
+        assert page.status_code == 200
+        html = await page.get_data(as_text=True)
+        assert 'src="softphone.js"' in html and 'id="call"' in html
+        assert page.headers["Referrer-Policy"] == "no-referrer"
+        assert page.headers["Cache-Control"] == "no-store"
+        for name, kind in [("softphone.js", "javascript"), ("worklet.js", "javascript")]:
+            response = await p.client.get(f"{PAGE}/{name}")
+            assert response.status_code == 200 and kind in response.headers["Content-Type"]
+        assert (await p.client.get(f"{PAGE}/../app.py")).status_code == 404
+        assert (await p.client.get(f"{PAGE}/nope.js")).status_code == 404
+        wrong = "w" * 32
+        assert (await p.client.get(f"/softphone/{wrong}/")).status_code == 403
+        assert (await p.client.get(f"/softphone/{wrong}/softphone.js")).status_code == 403
+        assert await refusal(p.client, f"/softphone/{wrong}/events") == 403
+        assert await refusal(p.client, f"{PAGE}/media/not-a-call") == 403
+
+
+def acs_env() -> dict[str, str]:
+    return {
+        "ACS_CONNECTION_STRING": "endpoint=https://acs.test/;accesskey=QUJDRA==",
+        "PUBLIC_BASE_URL": "https://bot.test",
+        "ACS_RESOURCE_ID": "res-1",
+        "REALTIME_URL": "ws://127.0.0.1:1/v1/realtime",
+    }
+
+
+async def test_serve_has_no_softphone_unless_enabled() -> None:
+    settings = Settings.from_env(acs_env())
+    assert settings.softphone is None
+    async with create_app(settings).test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get(f"{PAGE}/")).status_code == 404
+        assert await refusal(client, f"{PAGE}/events") == 404
+
+    enabled = Settings.from_env({**acs_env(), "SOFTPHONE": "1", "SOFTPHONE_TOKEN": TOKEN})
+    assert enabled.softphone == SoftphoneSettings(token=TOKEN)
+    assert TOKEN not in repr(enabled)
+    async with create_app(enabled).test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.get(f"{PAGE}/")).status_code == 200
+        assert (await client.get(f"/softphone/{'x' * 32}/")).status_code == 403
+
+
+def test_softphone_settings_fail_closed() -> None:
+    generated = Settings.from_env({"SOFTPHONE": "1"}).softphone
+    assert generated is not None and len(generated.token) >= 22
+    with pytest.raises(ConfigError, match="SOFTPHONE_TOKEN must be at least 22"):
+        Settings.from_env({"SOFTPHONE": "1", "SOFTPHONE_TOKEN": "short"})
+    with pytest.raises(ConfigError, match="SOFTPHONE_TOKEN must be at least 22"):
+        Settings.from_env({"SOFTPHONE": "1", "SOFTPHONE_TOKEN": "a/b" * 10})
+    with pytest.raises(ConfigError, match="SOFTPHONE is not 1"):
+        Settings.from_env({"SOFTPHONE_TOKEN": TOKEN})
+    with pytest.raises(ConfigError, match="SOFTPHONE='maybe' is invalid"):
+        Settings.from_env({"SOFTPHONE": "maybe"})
+
+
+# -- one browser call ---------------------------------------------------------------------------
+
+
+async def test_a_browser_call_runs_the_same_bridge_and_reports_events(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    agent = AgentSettings(greeting="Say hello.")
+    async with phone(nursery, agent) as p, p.events() as events:
+        hello = await next_event(events)
+        assert hello["type"] == "call" and hello["call_id"].startswith("softphone-")
+        assert hello["media_path"].startswith(f"{PAGE}/media/")
+        async with p.client.websocket(hello["media_path"]) as media:
+            await media.send(metadata())
+            assert (await next_event(events))["type"] == "call_started"
+            # The greeting is asked for, as on a phone call.
+            await p.model.wait_for("response.create")
+            # The greeting: 200 ms of agent audio reaches the page as ACS AudioData, paced.
+            await p.model.speak(200)
+            frames = [json.loads(await media.receive()) for _ in range(10)]
+            assert {f["Kind"] for f in frames} == {"AudioData"}
+            assert base64.b64decode(frames[0]["AudioData"]["Data"]) == pcm_tone(20, 2000)
+            greeting = await next_event(events)
+            assert greeting == {"type": "latency", "metric": "greeting_ttfa", "ms": 0.0}
+            # The page's caller audio reaches the model.
+            for _ in range(3):
+                await media.send(audio_frame(pcm_tone(20, 500)))
+            await wait_all_tasks_blocked()
+            assert p.model.appended_pcm() == pcm_tone(60, 500)
+            # A turn, once the greeting has been heard: transcripts of both sides, the time to
+            # first audio.
+            await trio.sleep(1)
+            await p.model.speech_started("item_u1")
+            await p.model.speech_stopped("item_u1")
+            await p.model.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "event_id": "ev_t1",
+                    "item_id": "item_u1",
+                    "content_index": 0,
+                    "transcript": "Where is my order?",
+                }
+            )
+            await trio.sleep(0.3)
+            response_id, item_id = await p.model.start_response()
+            await p.model.audio_delta(response_id, item_id, pcm_tone(1000, 2000))
+            await p.model.send(
+                {
+                    "type": "response.output_audio_transcript.done",
+                    "event_id": "ev_t2",
+                    "response_id": response_id,
+                    "item_id": item_id,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "transcript": "It ships today.",
+                }
+            )
+            seen = await events_until(events, "latency")
+            assert seen == [
+                {"type": "speech_started", "barge_in": False},
+                {"type": "speech_stopped", "turn": 1},
+                {
+                    "type": "transcript",
+                    "role": "caller",
+                    "item_id": "item_u1",
+                    "text": "Where is my order?",
+                },
+                {
+                    "type": "transcript",
+                    "role": "agent",
+                    "item_id": item_id,
+                    "text": "It ships today.",
+                },
+                {"type": "latency", "metric": "ttfa", "ms": 300.0},
+            ]
+            # Barge-in 200 ms into the answer: StopAudio reaches the page at once.
+            await trio.sleep(0.2)
+            await p.model.speech_started("item_u2")
+            stop_at = None
+            while stop_at is None:
+                message = json.loads(await media.receive())
+                if message["Kind"] == "StopAudio":
+                    stop_at = trio.current_time()
+            assert await events_until(events, "latency") == [
+                {"type": "speech_started", "barge_in": True},
+                {"type": "latency", "metric": "barge_in", "ms": 0.0},
+            ]
+            # Hang up: the page closes its media socket, as ACS does.
+        ended = await events_until(events, "call_ended")
+        assert ended[-1]["reason"] == "caller_hung_up"
+        assert ended[-1]["turns"] == 1 and ended[-1]["barge_ins"] == 1
+        # The server closes the side channel once the call has ended.
+        with pytest.raises(WebsocketDisconnectError):
+            await events.receive()
+        # The media path was a one-time secret.
+        assert await refusal(p.client, hello["media_path"]) == 403
+    assert p.model.seen.closed is not None
+
+
+# -- bad input and endings ----------------------------------------------------------------------
+
+
+async def test_junk_from_the_page_is_bad_acs_input(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with phone(nursery) as p, p.events() as events:
+        hello = await next_event(events)
+        async with p.client.websocket(hello["media_path"]) as media:
+            await media.send(metadata())
+            await media.send(b"\x00\x01binary")
+            await media.send("not json")
+            await media.send(json.dumps({"kind": "AudioData", "audioData": {"data": "%%%"}}))
+            await media.send(audio_frame(pcm_tone(60, 700)))
+            await wait_all_tasks_blocked()
+            # The call goes on: audio after the junk still reaches the model.
+            assert p.model.appended_pcm() == pcm_tone(60, 700)
+        ended = await events_until(events, "call_ended")
+        assert ended[-1]["reason"] == "caller_hung_up"
+        assert ended[-1]["bad_acs_messages"] == 3
+
+
+async def test_a_wrong_sample_rate_fails_the_call_alone(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with phone(nursery) as p, p.events() as events:
+        hello = await next_event(events)
+        async with p.client.websocket(hello["media_path"]) as media:
+            await media.send(metadata(rate=44100))
+            ended = await events_until(events, "call_ended")
+            assert ended[-1]["reason"] == "acs_protocol_error"
+            assert "unsupported audio format" in ended[-1]["detail"]
+            assert await close_code(media) == 1007
+        # The server is fine: the next call works.
+        async with p.events() as again:
+            assert (await next_event(again))["type"] == "call"
+
+
+async def test_closing_the_tab_ends_the_call_like_a_hang_up(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    media_closed: list[int] = []
+
+    async def media_socket(path: str, task_status: trio.TaskStatus[None]) -> None:
+        async with p.client.websocket(path) as media:
+            await media.send(metadata())
+            task_status.started()
+            try:
+                while True:
+                    await media.receive()
+            except WebsocketDisconnectError as exc:
+                media_closed.append(exc.args[0])
+
+    async with phone(nursery) as p:
+        async with p.events() as events:
+            hello = await next_event(events)
+            await nursery.start(media_socket, hello["media_path"])
+            await p.model.connected.wait()
+        # The side channel closed (the tab went away): the server ends the call and closes
+        # the media socket and the model socket.
+        await wait_all_tasks_blocked()
+        assert media_closed == [1000]
+        assert p.model.seen.closed is not None
+        assert p.model.seen.closed.reason == "call ended: caller_hung_up"
+
+
+async def test_a_page_that_never_opens_media_is_released(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with phone(nursery) as p, p.events() as events:
+        hello = await next_event(events)
+        start = trio.current_time()
+        assert await next_event(events) == {
+            "type": "call_ended",
+            "reason": "media_timeout",
+            "detail": "",
+        }
+        assert trio.current_time() - start == SOFTPHONE_MEDIA_CONNECT_S
+        assert await refusal(p.client, hello["media_path"]) == 403
+        assert not p.model.connected.is_set()
+
+
+async def test_shutdown_ends_browser_calls(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with phone(nursery) as p, p.events() as events:
+        hello = await next_event(events)
+        async with p.client.websocket(hello["media_path"]) as media:
+            await media.send(metadata())
+            await p.model.connected.wait()
+            calls = p.app.extensions["acs_trio"]
+            await calls.stop()  # what `serve` runs on SIGINT/SIGTERM
+            assert calls.calls == {}
+            assert await close_code(media) == 1001
+        ended = await events_until(events, "call_ended")
+        assert ended[-1]["reason"] == "shutdown"
+        # Draining: no new call.
+        assert await refusal(p.client, f"{PAGE}/events") == 503
