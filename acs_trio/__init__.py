@@ -11,7 +11,8 @@ General layout (each layer imports only the ones below it; ``tests/test_layers.p
                shipped beside the product and never imported by it
 
 The public surface is small: :func:`run_call` bridges one call inside its own nursery;
-:class:`CallHandle` lets the control plane end it; :class:`Settings` reads the environment.  The
+:class:`CallHandle` lets the control plane end it; :class:`Settings` reads the environment;
+:func:`tool` makes a Python function a tool the agent can call (docs/tools.md).  The
 HTTP/WebSocket server is :func:`acs_trio.control.app.create_app` (quart-trio), run by
 ``acs-trio serve``.
 """
@@ -40,6 +41,12 @@ from .errors import (
     ModelRejected as ModelRejected,
     ProtocolError as ProtocolError,
 )
+from .tools import (
+    Tool as Tool,
+    ToolContext as ToolContext,
+    ToolError as ToolError,
+    tool as tool,
+)
 
 __version__ = "0.1.0"
 
@@ -63,6 +70,10 @@ __all__ = [
     "ModelSocket",
     "ProtocolError",
     "Settings",
+    "Tool",
+    "ToolContext",
+    "ToolError",
     "model_connector",
     "run_call",
+    "tool",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_REALTIME_MODEL",
     "REALTIME_MODEL_SHUTDOWNS",
     "AcsSettings",
+    "ActionSettings",
     "AgentSettings",
     "CallLimits",
     "ClusterSettings",
@@ -225,6 +226,40 @@ class ControlTimeouts:
     media_done_after_end_s: float = 5.0
 
 
+@dataclass(frozen=True)
+class ActionSettings:
+    """What the agent can do besides talking: tools, hang up, transfer, hear the keypad.
+
+    docs/tools.md explains each one; all of them are per call.
+    """
+
+    #: ``AGENT_TOOLS``: a module (``package.module``) whose ``@tool`` functions the model may call.
+    tools_module: str | None = None
+    #: ``TRANSFER_TARGET``: an E.164 number (``+14255550100``) or an ACS user id (``8:acs:…``);
+    #: when set, the built-in ``transfer_call`` tool is offered.
+    transfer_target: str | None = None
+    #: One tool call's deadline (a tool may ask for less with ``@tool(timeout_s=…)``).
+    tool_timeout_s: float = 10.0
+    #: Tool calls running at once in one call; more are answered with an error output at once.
+    max_concurrent_tools: int = 4
+    #: Total time tools may run in one call; after that every tool call is refused.
+    tool_time_budget_s: float = 120.0
+    #: A tool result longer than this (JSON characters) is replaced by an error output.
+    max_tool_output_chars: int = 16 * 1024
+    #: ``end_call``/``transfer_call`` wait for the agent's last words to play, at most this long.
+    goodbye_max_wait_s: float = 30.0
+    #: From ``transfer_call_to_participant`` to ``CallTransferAccepted``/``Failed``, at most.
+    transfer_timeout_s: float = 60.0
+    #: Keypad: answer with ``enableDtmfTones`` and hand tones to the model (docs/protocols/acs.md §4.2).
+    dtmf_enabled: bool = True
+    #: Digits are sent this long after the last one, unless the terminator came first.
+    dtmf_inter_digit_timeout_ms: int = 2000
+    #: Ends a keypad entry at once (and is part of it); empty for none.
+    dtmf_terminator: str = "#"
+    #: An entry longer than this is sent at once.
+    dtmf_max_digits: int = 32
+
+
 # --- server-level limits: one home for every number a reviewer may want to tune -----------------
 
 #: Webhook bodies above this get 413 (Quart's MAX_CONTENT_LENGTH).
@@ -335,6 +370,7 @@ class Settings:
     acs: AcsSettings | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
     log_level: str = "INFO"
+    actions: ActionSettings = field(default_factory=ActionSettings)
     #: None (the default): no softphone route exists.
     softphone: SoftphoneSettings | None = None
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
@@ -358,6 +394,7 @@ class Settings:
                 ),
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
+            actions=_actions_from_env(env),
             softphone=_softphone_from_env(env),
             cluster=_cluster_from_env(env),
         )
@@ -577,6 +614,62 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
         resource_id=env.get("ACS_RESOURCE_ID", str, ""),
         jwks_url=env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL),
         jwt_issuer=env.get("ACS_JWT_ISSUER", str, DEFAULT_ACS_JWT_ISSUER),
+    )
+
+
+#: E.164: a plus and up to 15 digits, the first not zero.
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+#: ACS user ids are raw ids of the form ``8:acs:<resource>_<user>`` (Teams/bot ids also start ``8:``).
+_ACS_USER = re.compile(r"8:[a-z0-9-]+:[A-Za-z0-9_.:-]+")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_DTMF_TONES = frozenset("0123456789*#ABCD")
+
+
+def _transfer_target(value: str) -> str:
+    if _E164.fullmatch(value) or _ACS_USER.fullmatch(value):
+        return value
+    raise ValueError("must be an E.164 phone number (+14255550100) or an ACS user id (8:acs:...)")
+
+
+def _module_name(value: str) -> str:
+    if not _MODULE.fullmatch(value):
+        raise ValueError("must be an importable module name like mypackage.tools")
+    return value
+
+
+def _bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _dtmf_terminator(value: str) -> str:
+    if value.lower() == "none":
+        return ""
+    if len(value) != 1 or value not in _DTMF_TONES:
+        raise ValueError("must be one keypad key (0-9 * # A-D) or 'none'")
+    return value
+
+
+def _actions_from_env(env: _Env) -> ActionSettings:
+    d = ActionSettings()
+    return ActionSettings(
+        tools_module=env.get("AGENT_TOOLS", _module_name, "") or None,
+        transfer_target=env.get("TRANSFER_TARGET", _transfer_target, "") or None,
+        tool_timeout_s=env.get("TOOL_TIMEOUT_S", _positive_float, d.tool_timeout_s),
+        max_concurrent_tools=env.get("TOOL_MAX_CONCURRENT", _positive_int, d.max_concurrent_tools),
+        tool_time_budget_s=env.get("TOOL_TIME_BUDGET_S", _positive_float, d.tool_time_budget_s),
+        goodbye_max_wait_s=env.get("GOODBYE_MAX_WAIT_S", _positive_float, d.goodbye_max_wait_s),
+        transfer_timeout_s=env.get("TRANSFER_TIMEOUT_S", _positive_float, d.transfer_timeout_s),
+        dtmf_enabled=env.get("DTMF_ENABLED", _bool, d.dtmf_enabled),
+        dtmf_inter_digit_timeout_ms=env.get(
+            "DTMF_INTER_DIGIT_TIMEOUT_MS", _positive_int, d.dtmf_inter_digit_timeout_ms
+        ),
+        dtmf_terminator=env.get("DTMF_TERMINATOR", _dtmf_terminator, d.dtmf_terminator),
+        dtmf_max_digits=env.get("DTMF_MAX_DIGITS", _positive_int, d.dtmf_max_digits),
     )
 
 

@@ -40,6 +40,11 @@ class FakeAcsService:
         self.hang_up_statuses: list[int] = []
         self.hang_up_attempts: list[str] = []
         self.answer_gate: Any = None  # a trio.Event the answer waits on, if set
+        #: ``:transferToParticipant`` bodies, with the trio time they arrived.
+        self.transfers: list[tuple[float, dict[str, Any]]] = []
+        self.transfer_status = 202
+        #: Trio times of each successful ``:terminate``.
+        self.hang_up_times: list[float] = []
         self.answer_seen = trio.Event()
 
     @property
@@ -91,7 +96,15 @@ class FakeAcsService:
                 error = {"error": {"code": str(status), "message": "scripted failure"}}
                 return httpx.Response(status, json=error)
             self.hang_ups.append(connection)
+            self.hang_up_times.append(trio.current_time())
             return httpx.Response(204)
+        if path.endswith(":transferToParticipant"):
+            body = json.loads(request.content)
+            self.transfers.append((trio.current_time(), body))
+            if self.transfer_status != 202:
+                error = {"error": {"code": "8500", "message": "transfer refused"}}
+                return httpx.Response(self.transfer_status, json=error)
+            return httpx.Response(202, json={"operationContext": body.get("operationContext")})
         return httpx.Response(404, json={"error": {"code": "NotFound", "message": path}})
 
     def token_of(self, n: int) -> str:

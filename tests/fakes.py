@@ -208,6 +208,10 @@ class FakeAcs:
             except ConnectionClosed:
                 return
 
+    async def send_dtmf(self, tone: str) -> None:
+        """One keypad tone as ACS sends it (docs/protocols/acs.md §4.2)."""
+        await self.send_json({"kind": "DtmfData", "dtmfData": {"data": tone}})
+
     def audio_out(self) -> list[tuple[float, bytes]]:
         """Agent audio frames received: (time, pcm), in the documented outbound shape only."""
         return [
@@ -515,3 +519,72 @@ class FakeModel:
                 },
             }
         )
+
+    async def function_call(
+        self, response_id: str, name: str, arguments: str, *, call_id: str | None = None
+    ) -> str:
+        """A function call item of ``response_id`` as GA sends it (docs/protocols/realtime.md §3.2):
+        ``function_call_arguments.done`` and then the item in ``response.output_item.done``."""
+        call_id = call_id or self.next_id("call")
+        item_id = self.next_id("item")
+        await self.send(
+            {
+                "type": "response.function_call_arguments.done",
+                "event_id": self.next_id("event"),
+                "response_id": response_id,
+                "item_id": item_id,
+                "output_index": 0,
+                "call_id": call_id,
+                "name": name,
+                "arguments": arguments,
+            }
+        )
+        await self.send(
+            {
+                "type": "response.output_item.done",
+                "event_id": self.next_id("event"),
+                "response_id": response_id,
+                "output_index": 0,
+                "item": {
+                    "object": "realtime.item",
+                    "id": item_id,
+                    "type": "function_call",
+                    "status": "completed",
+                    "name": name,
+                    "call_id": call_id,
+                    "arguments": arguments,
+                },
+            }
+        )
+        return call_id
+
+    async def call_tools(self, *calls: tuple[str, str]) -> list[str]:
+        """One response that only calls functions ``(name, arguments)``; returns the call ids."""
+        response_id, _ = await self.start_response()
+        ids = [await self.function_call(response_id, name, args) for name, args in calls]
+        await self.response_done(response_id, "completed")
+        return ids
+
+    def outputs(self) -> dict[str, dict[str, Any]]:
+        """``function_call_output`` items sent by the bridge, by call id, output decoded."""
+        return {
+            m["item"]["call_id"]: json.loads(m["item"]["output"])
+            for m in self.events("conversation.item.create")
+            if m["item"]["type"] == "function_call_output"
+        }
+
+    def tool_traffic(self) -> list[tuple[float, str]]:
+        """Function outputs, user items and response.create/cancel with their times, in order."""
+        kinds = {"conversation.item.create", "response.create", "response.cancel"}
+        out = []
+        for t, m in self.seen.messages:
+            if m.get("type") not in kinds:
+                continue
+            item = m.get("item") or {}
+            label = m["type"]
+            if item.get("type") == "function_call_output":
+                label = f"output:{item['call_id']}"
+            elif item.get("type") == "message":
+                label = f"{item['role']}_text:{item['content'][0]['text']}"
+            out.append((t, label))
+        return out

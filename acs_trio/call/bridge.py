@@ -7,13 +7,17 @@ Task tree (docs/architecture.md has the picture)::
                │     ├── receive_from_acs   ACS socket → [model outbox, 64] → send_to_model
                │     ├── run_playout        [outbound frames] → paced AudioData / StopAudio → ACS
                │     └── watchdog           max duration, idle and media timeouts
+               ├── run_actions ── actions_scope (docs/tools.md)
+               │     ├── ToolRunner.run     one task per tool call → [model outbox]
+               │     └── DtmfCollector.run  keypad entries → [model outbox]
                └── run_model ── model_connect_scope: open the socket, then model_session_scope:
                      ├── send_to_model      [model outbox] → model socket
                      └── receive_from_model model socket → [outbound frames, 5 min] → playout
 
 Whatever ends the call (ACS hangs up, the model closes, a timeout, ``handle.end()``, a bug)
 records an :class:`EndReason` through the :class:`CallHandle` (first cause wins), which cancels
-two scopes: the ACS side's and the model *session*'s.  The model *connection* sits outside the
+the ACS side's scope, the actions' scope (running tools die with the call) and the model
+*session*'s.  The model *connection* sits outside the
 latter on purpose: trio-websocket's close handshake needs the socket's reader task alive, so the
 model task closes its socket gracefully (close code saying why, within ``close_timeout_s``) after
 its session scope is cancelled.  If the model is still connecting, the handshake is abandoned.
@@ -26,11 +30,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 
-from ..config import AgentSettings, CallLimits
+from ..config import ActionSettings, AgentSettings, CallLimits
 from ..errors import (
     MediaClosed,
     ModelClosed,
@@ -40,18 +45,21 @@ from ..errors import (
     ModelSessionFailed,
     ProtocolError,
 )
+from ..tools import Tool, ToolContext
 from ..wire import realtime as rt
 from ..wire.acs_media import AudioData, AudioMetadata, DtmfData, UnknownKind, parse_acs_message
 from .agent_audio import AgentAudio, OutboundFrame
 from .caller_audio import CallerAudio
 from .conversation import Conversation
 from .conversation_store import Turn
+from .dtmf import DtmfCollector, dtmf_text
 from .events import CallEvent, CallEventSink
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
 from .model_session import RETRYABLE_ERROR_CODES, Backoff, EventIds, configure_session, is_retryable
 from .model_socket import ModelConnector, ModelSocket
 from .playout import Playout
+from .tool_runner import ToolRunner
 
 __all__ = ["run_call"]
 
@@ -70,16 +78,23 @@ async def run_call(
     handle: CallHandle,
     agent: AgentSettings,
     limits: CallLimits,
+    tools: Sequence[Tool] = (),
+    actions: ActionSettings | None = None,
     events: CallEventSink | None = None,
 ) -> CallSummary:
     """Bridge one call until it ends; see the module docstring.
 
-    ``events``, if given, is called with each :data:`~acs_trio.call.events.CallEvent` (transcripts,
-    latencies, barge-ins, the end); it must not block or raise.
+    ``tools`` are the custom tools offered to the model (besides the built-in ``end_call`` and,
+    with ``actions.transfer_target``, ``transfer_call``); ``actions`` sets their limits and the
+    keypad (DTMF) handling (docs/tools.md).  ``events``, if given, is called with each
+    :data:`~acs_trio.call.events.CallEvent` (transcripts, latencies, barge-ins, the end); it must
+    not block or raise.
 
     Never raises, except ``trio.Cancelled`` from an enclosing scope (after the same cleanup).
     """
-    return await _CallBridge(media, handle, agent, limits, events).run(connect_model)
+    bridge = _CallBridge(media, handle, agent, limits, events)
+    bridge.add_actions(tools, actions or ActionSettings())
+    return await bridge.run(connect_model)
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
@@ -173,6 +188,34 @@ class _CallBridge:
         self.failed_in_a_row = 0
         #: The greeting was asked for but not delivered yet: a new session is asked again.
         self.greeting_owed = False
+        #: The model socket of the live session (the keypad's barge-in tells it what was heard).
+        self.live_ws: ModelSocket | None = None
+        self.actions_scope = trio.CancelScope()
+
+    def add_actions(self, tools: Sequence[Tool], actions: ActionSettings) -> None:
+        """Tools (in a child scope of the call) and the keypad; docs/tools.md."""
+        self.actions = actions
+        context = ToolContext(call_id=self.handle.ids.call_id, caller=self.handle.caller)
+        self.tool_runner = ToolRunner(
+            tools=tools,
+            settings=actions,
+            context=context,
+            outbox=self.outbox_send.clone(),
+            summary=self.summary,
+            log=self.log,
+            wait_played_out=self.playout.wait_played_out,
+            end=self.end,
+            control=self.handle.control,
+        )
+        self.dtmf_outbox = self.outbox_send.clone()
+        self.dtmf: DtmfCollector | None = None
+        if actions.dtmf_enabled:
+            self.dtmf = DtmfCollector(
+                inter_digit_timeout_s=actions.dtmf_inter_digit_timeout_ms / 1000,
+                terminator=actions.dtmf_terminator,
+                max_digits=actions.dtmf_max_digits,
+                send=self.send_keypad_entry,
+            )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -184,6 +227,7 @@ class _CallBridge:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.run_model, connect_model)
                 nursery.start_soon(self.run_acs_side)
+                nursery.start_soon(self.run_actions)
         finally:
             reason, detail = self.handle.end_request or (
                 EndReason.CANCELLED,
@@ -218,6 +262,7 @@ class _CallBridge:
         """The handle's first cancel: stop both sides (see the module docstring)."""
         self.acs_scope.cancel()
         self.model_session_scope.cancel()
+        self.actions_scope.cancel()  # running tools die with the call
         if not self.model_connected:
             self.model_connect_scope.cancel()
 
@@ -292,7 +337,7 @@ class _CallBridge:
                         elif isinstance(message, AudioMetadata):
                             self.on_metadata(message)
                         elif isinstance(message, DtmfData):
-                            self.log.info("DTMF tone %r", message.tone)
+                            await self.on_dtmf(message)
                         elif isinstance(message, UnknownKind):
                             self.unknown_kind(message.kind)
                 if self.summary.bad_acs_messages > self.limits.max_bad_messages:
@@ -415,6 +460,7 @@ class _CallBridge:
                             await self.run_model_session(ws)
                     finally:
                         self.model_live = False
+                        self.live_ws = None
                         if self.link_dead:
                             connect_scope.cancel()  # half-open: no close handshake to wait for
                         else:
@@ -439,7 +485,9 @@ class _CallBridge:
         return failure
 
     async def run_model_session(self, ws: ModelSocket) -> None:
-        info = await configure_session(ws, self.agent, self.limits, self.event_ids())
+        info = await configure_session(
+            ws, self.agent, self.limits, self.event_ids(), tools=self.tool_runner.declarations()
+        )
         now = trio.current_time()
         self.session_expires_at = info.expires_at
         self.session_live_since = now
@@ -481,6 +529,7 @@ class _CallBridge:
             self.log.info("model session re-opened after %.0f ms", (now - self.gap_since) * 1000)
         self.gap_since = None
         self.model_live = True
+        self.live_ws = ws
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.send_to_model, ws)
             nursery.start_soon(self.receive_from_model, ws)
@@ -611,11 +660,14 @@ class _CallBridge:
         elif isinstance(event, rt.ResponseCreated):
             self.agent_audio.seq_of(event.response_id)
             self.response_active = True
+            self.tool_runner.on_response_created()
             self.answer_owed = False
         elif isinstance(event, rt.OutputItemAdded):
             if event.item_type == "message":
                 self.agent_audio.item(event.response_id, event.item_id)
                 self.conversation.agent_item(event.item_id)
+        elif isinstance(event, rt.FunctionCall):
+            self.tool_runner.on_function_call(event)
         elif isinstance(event, rt.AudioDone):
             self.agent_audio.item(event.response_id, event.item_id).done = True
             await self.push_frames(self.agent_audio.flush())
@@ -651,6 +703,7 @@ class _CallBridge:
 
     def on_response_done(self, event: rt.ResponseDone) -> None:
         self.response_active = False
+        self.tool_runner.on_response_done(event.response_id, event.status)
         if not event.failed:
             self.greeting_owed = False
             if event.status == "completed":
@@ -744,6 +797,62 @@ class _CallBridge:
                     await self.frames_send.send(frame)
         except trio.BrokenResourceError:
             return  # the sender has stopped: the call is ending; nobody would hear it
+
+    # --- tools and the keypad (docs/tools.md) -------------------------------------------------
+
+    async def run_actions(self) -> None:
+        """Tool calls and the keypad timer, in a scope the call's end cancels."""
+        with self.actions_scope, self.dtmf_outbox:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.tool_runner.run)
+                    if self.dtmf is not None:
+                        nursery.start_soon(self.dtmf.run)
+            except* Exception as group:
+                self.crashed(group)
+
+    async def on_dtmf(self, message: DtmfData) -> None:
+        if self.dtmf is None:
+            self.log.info("DTMF tone %r ignored (DTMF_ENABLED is off)", message.tone[:8])
+            return
+        self.last_speech = trio.current_time()
+        if self.playout.playing(trio.current_time()):
+            await self.keypad_barge_in()
+        if not await self.dtmf.push(message.tone):
+            self.bad_acs_message(f"unknown DTMF tone {message.tone[:16]!r}")
+
+    async def keypad_barge_in(self) -> None:
+        """A key pressed while the agent speaks interrupts it, like speech does.
+
+        StopAudio and the truncate (or delete) at the ms played, as for speech; and since no
+        server VAD event cancels the response for a key, ``response.cancel`` (realtime §2.5).
+        """
+        self.agent_audio.cut_all()
+        cut = self.playout.interrupt()
+        if cut is None:
+            return
+        self.summary.barge_ins += 1
+        self.log.info("keypad barge-in: agent audio stopped (%.0f ms flushed)", cut.flushed_ms)
+        ws = self.live_ws
+        if ws is None:
+            return  # between sessions: the next one's replay carries what was heard
+        try:
+            if self.response_active:
+                await ws.send(rt.response_cancel(self.event_ids()))
+            await self.settle_cut_items(ws, cut.played_ms)
+        except ModelError as exc:
+            # The model task sees the same failure and reconnects or ends the call.
+            self.log.info("keypad barge-in: model socket unavailable (%s)", exc)
+
+    async def send_keypad_entry(self, keys: str) -> None:
+        """One keypad entry → one user text item; ``response.create`` when no response runs."""
+        self.log.info("keypad entry %r sent to the model", keys)
+        self.summary.dtmf_entries += 1
+        try:
+            await self.dtmf_outbox.send(rt.message_item("user", dtmf_text(keys)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        self.tool_runner.want_response()
 
 
 def _ended_event(summary: CallSummary) -> CallEvent:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .actions import CallControl
 from .conversation_store import ConversationStore
 
 __all__ = ["CallHandle", "CallIds", "CallSummary", "EndReason"]
@@ -35,11 +36,18 @@ class EndReason(enum.Enum):
     SHUTDOWN = "shutdown"
     CANCELLED = "cancelled"  # the control plane ended it for another reason
     INTERNAL_ERROR = "internal_error"  # a bug: logged with its traceback
+    AGENT_HUNG_UP = "agent_hung_up"  # the model called end_call; its goodbye had played
+    TRANSFERRED = "transferred"  # CallTransferAccepted: ACS moved the caller; our leg is gone
 
     @property
     def caller_gone(self) -> bool:
         """True when ACS already ended the call, so hanging up would be pointless."""
-        return self in {EndReason.CALLER_HUNG_UP, EndReason.CALL_DISCONNECTED}
+        # After a transfer, hanging up "for everyone" would drop the caller from the new party.
+        return self in {
+            EndReason.CALLER_HUNG_UP,
+            EndReason.CALL_DISCONNECTED,
+            EndReason.TRANSFERRED,
+        }
 
     @property
     def media_close_code(self) -> int:
@@ -79,6 +87,10 @@ class CallHandle:
         self.end_requested = trio.Event()
         #: Set when ``run_call`` has returned: every task of the call has ended.
         self.finished = trio.Event()
+        #: The caller's number (or raw id) from IncomingCall; tools see it in their context.
+        self.caller = ""
+        #: How the call asks the control plane for call actions (transfer); None without one.
+        self.control: CallControl | None = None
         #: Where the conversation is kept for a resume elsewhere (``None``: nowhere, one process).
         self.conversation: ConversationStore | None = None
 
@@ -153,6 +165,12 @@ class CallSummary:
     gap_audio_dropped_ms: int = 0
     #: Items of cut responses deleted because nothing of them was heard.
     items_deleted: int = 0
+    #: Function calls from the model, and how many went back as errors / timed out.
+    tool_calls: int = 0
+    tool_errors: int = 0
+    tool_timeouts: int = 0
+    #: Keypad entries sent to the model (each one text item).
+    dtmf_entries: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -178,5 +196,7 @@ class CallSummary:
             f"rate_hz={self.sample_rate_hz} failed_responses={self.failed_responses} "
             f"model_reconnects={self.model_reconnects} recycles={self.session_recycles} "
             f"model_gap_ms={ms(self.model_gap_ms)} gap_audio_dropped_ms={self.gap_audio_dropped_ms} "
-            f"items_deleted={self.items_deleted}"
+            f"items_deleted={self.items_deleted} tool_calls={self.tool_calls} "
+            f"tool_errors={self.tool_errors} tool_timeouts={self.tool_timeouts} "
+            f"dtmf_entries={self.dtmf_entries}"
         )

@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -113,7 +114,12 @@ class SessionInfo:
 
 
 async def configure_session(
-    ws: ModelSocket, agent: AgentSettings, limits: CallLimits, event_id: str
+    ws: ModelSocket,
+    agent: AgentSettings,
+    limits: CallLimits,
+    event_id: str,
+    *,
+    tools: Sequence[dict[str, Any]] = (),
 ) -> SessionInfo:
     """Send ``session.update`` and wait for the server to confirm it.
 
@@ -121,7 +127,7 @@ async def configure_session(
         ModelSessionFailed: rejected (final), disagreeing (final) or not confirmed in time.
         ModelClosed: the socket closed meanwhile.
     """
-    await ws.send(rt.session_update(agent, event_id))
+    await ws.send(rt.session_update(agent, event_id, tools=tools))
     expires_at: float | None = None
     with trio.move_on_after(limits.session_ready_timeout_s):
         while True:

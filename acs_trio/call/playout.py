@@ -106,6 +106,9 @@ class Playout:
         self.last_write = 0.0
         #: Set when a write found the ACS socket closed (the caller hung up mid-playout).
         self.media_closed = False
+        # A frame taken from the channel and not yet written (wait_played_out counts it).
+        self._holding = False
+        self._frame_s = 0.02
 
     # --- called from the model task (synchronous: no checkpoint, so no interleaving) ---------
 
@@ -156,6 +159,22 @@ class Playout:
             self._wait_scope.cancel()
         return Interruption(played, flushed_ms, dropped)
 
+    async def wait_played_out(self) -> None:
+        """Return when every frame queued so far has been written and ACS has played it.
+
+        "Played" is the playout clock: the last written frame ends at ``_playout_end`` (writes are
+        paced, so ACS's queue is at most one lead long).  A barge-in ends the wait at once.
+        """
+        while True:
+            now = trio.current_time()
+            pending = self._frames.statistics().current_buffer_used > 0 or self._holding
+            if not pending and now >= self._playout_end:
+                return
+            # While frames are pending the next write is due one lead before the queue's end;
+            # once none is, the last frame has played at _playout_end exactly.
+            step = self._frame_s if pending else 0.0
+            await trio.sleep_until(max(self._playout_end, now + step))
+
     # --- the task ------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -172,6 +191,7 @@ class Playout:
     async def _run(self) -> None:
         with self._frames:
             while True:
+                self._holding = False
                 if self._stop_since is not None:
                     await self._write_stop_audio()
                     continue
@@ -184,6 +204,7 @@ class Playout:
                     return
                 if frame is None:  # woken by interrupt()
                     continue
+                self._holding = True
                 if self._cut.is_cut(frame.response_seq):
                     self._summary.frames_dropped_barge_in += 1
                     continue

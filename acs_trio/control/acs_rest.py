@@ -34,9 +34,12 @@ from typing import Any
 import trio
 from azure.communication.callautomation import (
     AudioFormat,
+    CommunicationIdentifier,
+    CommunicationUserIdentifier,
     MediaStreamingAudioChannelType,
     MediaStreamingContentType,
     MediaStreamingOptions,
+    PhoneNumberIdentifier,
     StreamingTransportType,
 )
 from azure.communication.callautomation.aio import CallAutomationClient
@@ -174,9 +177,16 @@ class AnsweredCall:
     correlation_id: str
 
 
-def media_streaming_options(transport_url: str) -> MediaStreamingOptions:
-    """The one media configuration this server answers with (docs/protocols/acs.md §2.3, contract)."""
+def media_streaming_options(
+    transport_url: str, *, enable_dtmf_tones: bool = True
+) -> MediaStreamingOptions:
+    """The one media configuration this server answers with (docs/protocols/acs.md §2.3, contract).
+
+    ``enable_dtmf_tones`` (wire ``enableDtmfTones``) makes ACS put ``DtmfData`` messages on the
+    media socket (§4.2); ``DTMF_ENABLED=false`` answers without it.
+    """
     return MediaStreamingOptions(
+        enable_dtmf_tones=enable_dtmf_tones,
         transport_url=transport_url,
         transport_type=StreamingTransportType.WEBSOCKET,
         content_type=MediaStreamingContentType.AUDIO,
@@ -203,7 +213,12 @@ class AcsRest:
         return self._client
 
     async def answer_call(
-        self, incoming_call_context: str, *, callback_url: str, transport_url: str
+        self,
+        incoming_call_context: str,
+        *,
+        callback_url: str,
+        transport_url: str,
+        enable_dtmf_tones: bool = True,
     ) -> AnsweredCall:
         """Answer with bidirectional MIXED pcm24KMono streaming to ``transport_url``."""
         client = self._require_client()
@@ -211,7 +226,9 @@ class AcsRest:
             props = await client.answer_call(
                 incoming_call_context,
                 callback_url,
-                media_streaming=media_streaming_options(transport_url),
+                media_streaming=media_streaming_options(
+                    transport_url, enable_dtmf_tones=enable_dtmf_tones
+                ),
             )
             return AnsweredCall(
                 call_connection_id=_opt_str(props.call_connection_id),
@@ -234,6 +251,25 @@ class AcsRest:
         except _BAD_RESPONSE as exc:
             raise AcsRestError(f"hang_up: unusable response: {exc!r}") from exc
 
+    async def transfer_call_to_participant(
+        self, call_connection_id: str, target: str, *, operation_context: str
+    ) -> None:
+        """Transfer the call to ``target`` (``POST …:transferToParticipant``, docs/protocols/acs.md §2.4).
+
+        The outcome arrives later as ``CallTransferAccepted``/``CallTransferFailed`` carrying
+        ``operation_context`` (§3).
+        """
+        client = self._require_client()
+        try:
+            connection = client.get_call_connection(call_connection_id)
+            await connection.transfer_call_to_participant(
+                transfer_target(target), operation_context=operation_context
+            )
+        except AzureError as exc:
+            raise _rest_error("transfer_call_to_participant", exc) from exc
+        except _BAD_RESPONSE as exc:
+            raise AcsRestError(f"transfer_call_to_participant: unusable response: {exc!r}") from exc
+
     async def get_json(self, url: str) -> Any:
         """GET a small JSON document (the ACS JWKS) with the same trusted client."""
         try:
@@ -250,6 +286,13 @@ class AcsRest:
             return json.loads(response.content)
         except ValueError as exc:
             raise AcsRestError(f"GET {url}: not JSON", status_code=response.status_code) from exc
+
+
+def transfer_target(target: str) -> CommunicationIdentifier:
+    """``TRANSFER_TARGET`` as an SDK identifier: ``+E.164`` → phone number, else an ACS user."""
+    if target.startswith("+"):
+        return PhoneNumberIdentifier(target)
+    return CommunicationUserIdentifier(target)
 
 
 def _opt_str(value: object) -> str:

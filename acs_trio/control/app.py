@@ -27,6 +27,7 @@ from ..config import (
     transcription_shutdown_warning,
 )
 from ..errors import AuthError, KeysUnavailable, StateUnavailable
+from ..tools import load_tools
 from ..wire.webhook import (
     BadBody,
     IncomingCall,
@@ -70,6 +71,10 @@ class _Runtime:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
         self.connect_model: ModelConnector = connect_model
+        # Fail closed: a bad AGENT_TOOLS stops the server here, with one line.
+        self.tools = (
+            load_tools(settings.actions.tools_module) if settings.actions.tools_module else []
+        )
         if (warning := model_shutdown_warning(settings.agent.model)) is not None:
             logger.warning("%s", warning)
         if warning := transcription_shutdown_warning(settings.agent.transcription_model):
@@ -95,6 +100,7 @@ class _Runtime:
                     public_base_url=self.acs.public_base_url,
                     max_concurrent_calls=self.settings.server.max_concurrent_calls,
                     timeouts=self._timeouts,
+                    enable_dtmf_tones=self.settings.actions.dtmf_enabled,
                     connect_model=self.connect_model,
                     store=store,
                     cluster_max_calls=self.settings.cluster.max_calls,
@@ -359,6 +365,8 @@ def create_app(
                 handle=record.handle,
                 agent=settings.agent,
                 limits=settings.limits,
+                tools=rt.tools,
+                actions=settings.actions,
             )
         finally:
             record.media_done.set()
@@ -374,6 +382,7 @@ def create_app(
             rt.softphone,
             connect_model=lambda: rt.connect_model,
             run_call=call_runner,
+            tools=rt.tools,
         )
         logger.warning(
             "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",

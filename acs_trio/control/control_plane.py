@@ -27,6 +27,7 @@ from ..config import SEEN_EVENTS_MAX, ControlTimeouts
 from ..errors import StateUnavailable
 from ..wire.webhook import CallbackEvent, IncomingCall, decode_callbacks
 from .acs_rest import AcsRest
+from .call_actions import TRANSFER_EVENTS, RecordControl
 from .call_store import CallStore, StoredCall
 from .supervisor import CallRecord, CallSupervisor
 
@@ -61,6 +62,7 @@ class ControlPlane:
         public_base_url: str,
         max_concurrent_calls: int,
         timeouts: ControlTimeouts | None = None,
+        enable_dtmf_tones: bool = True,
         connect_model: ModelConnector | None = None,
         store: CallStore | None = None,
         cluster_max_calls: int | None = None,
@@ -71,7 +73,8 @@ class ControlPlane:
         self._base = public_base_url.rstrip("/")
         self._max_calls = max_concurrent_calls
         self._timeouts = ControlTimeouts() if timeouts is None else timeouts
-        self._supervisor = CallSupervisor(rest, self._timeouts)
+        self._supervisor = CallSupervisor(rest, self._timeouts, enable_dtmf_tones=enable_dtmf_tones)
+        self._controls: dict[str, RecordControl] = {}
         self.calls: dict[str, CallRecord] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._nursery: trio.Nursery | None = None
@@ -206,6 +209,9 @@ class ControlPlane:
             handle=CallHandle(CallIds(pending_id, incoming.correlation_id)),
             incoming=incoming,
         )
+        record.handle.caller = incoming.caller
+        control = RecordControl(record, self._rest, rest_timeout_s=self._timeouts.answer_s)
+        record.handle.control = self._controls[token] = control
         if self._connect_model is not None:
             record.predial = PreDial(self._connect_model)
         if self.store is not None:
@@ -281,6 +287,8 @@ class ControlPlane:
             adopted=True,
         )
         record.handle.conversation = self.store.conversation(token, history)
+        control = RecordControl(record, self._rest, rest_timeout_s=self._timeouts.answer_s)
+        record.handle.control = self._controls[token] = control
         record.media_attached = True
         record.media_connected.set()
         logger.info("%s taken over (%d earlier turn(s))", record.ids, len(history))
@@ -400,6 +408,8 @@ class ControlPlane:
                 update,
             )
             record.end(EndReason.CANCELLED, f"MediaStreamingFailed {event.result_summary()}")
+        elif name in TRANSFER_EVENTS:
+            self._controls[token].on_transfer_event(event)
         elif name.startswith("MediaStreaming") or name == "CallConnected":
             logger.info(
                 "%s %s update=%s", record.ids, name, event.data.get("mediaStreamingUpdate", "-")
@@ -439,6 +449,7 @@ class ControlPlane:
         finally:
             if self.calls.get(record.token) is record:  # (a call taken back has a new record)
                 del self.calls[record.token]
+                del self._controls[record.token]
             if not record.handed_over_to:
                 with trio.move_on_after(self._timeouts.hang_up_s, shield=True):
                     await self._release(record.token)

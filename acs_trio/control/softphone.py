@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from itertools import count
@@ -42,6 +42,7 @@ from ..config import (
     SoftphoneSettings,
 )
 from ..errors import MediaClosed
+from ..tools import Tool
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
 
 __all__ = [
@@ -206,6 +207,7 @@ def install_softphone(
     *,
     connect_model: Callable[[], ModelConnector],
     run_call: RunCall,
+    tools: Sequence[Tool] = (),
 ) -> None:
     """Add the softphone routes to ``app`` (only ever called when the softphone is enabled).
 
@@ -273,6 +275,9 @@ def install_softphone(
                     agent=settings.agent,
                     limits=settings.limits,
                     events=call.publish,
+                    # The agent's tools too (docs/tools.md); no ACS call: transfer is refused.
+                    tools=tools,
+                    actions=settings.actions,
                 )
         finally:
             call.media_done.set()

@@ -78,9 +78,12 @@ class CallRecord:
 class CallSupervisor:
     """Runs one call's life at a time per task; holds no per-call state of its own."""
 
-    def __init__(self, rest: AcsRest, timeouts: ControlTimeouts) -> None:
+    def __init__(
+        self, rest: AcsRest, timeouts: ControlTimeouts, *, enable_dtmf_tones: bool = True
+    ) -> None:
         self._rest = rest
         self._timeouts = timeouts
+        self._dtmf = enable_dtmf_tones
 
     async def run(self, record: CallRecord, *, callback_url: str, transport_url: str) -> None:
         """One call's whole life.  Nothing but Cancelled escapes: the nursery is every call's."""
@@ -111,6 +114,7 @@ class CallSupervisor:
                     incoming.incoming_call_context,
                     callback_url=callback_url,
                     transport_url=transport_url,
+                    enable_dtmf_tones=self._dtmf,
                 )
         except AcsRestError as exc:
             return self._answer_failed(record, f"answer_call failed: {exc}")

@@ -7,7 +7,10 @@ hypercorn, settings parsed by :meth:`Settings.from_env` from the simulator's env
 LOCAL TEST PEER as the "model" (:mod:`acs_trio.testing.realtime`: it greets with a recorded prompt and
 echoes what it heard; it is not a language model).  The caller talks over the agent's first
 answer, so the recording shows a barge-in: StopAudio, and the truncate telling the peer how much
-of its answer was heard.  docs/demo.md explains the output.
+of its answer was heard.  The peer is scripted to call the ``end_call`` tool with its answer to
+the caller's last phrase, so the call ends with an agent hang-up: the server waits until that
+answer has played, then hangs up over REST (end reason ``agent_hung_up``).  docs/demo.md explains
+the output.
 """
 
 from __future__ import annotations
@@ -33,14 +36,14 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from .._httpx import httpx
 from ..call import run_call
-from ..call.lifecycle import CallSummary
+from ..call.lifecycle import CallSummary, EndReason
 from ..config import Settings
 from ..control.app import create_app
 from ..control.server import hypercorn_config
 from ..errors import AcsTrioError
 from ..testing.acs import CallOptions, CallReport, open_simulated_acs
 from ..testing.acs.simulated import load_utterances
-from ..testing.realtime import PeerStats, serve_local_peer
+from ..testing.realtime import LocalPeerSettings, PeerStats, serve_local_peer
 from .timeline import call_picture, write_png
 
 __all__ = ["DemoResult", "main", "run_demo"]
@@ -122,8 +125,10 @@ async def run_demo(
     """
     scratch = out_dir / ".recording"
     base = options or DEMO_CALL
-    call_options = dataclasses.replace(base, record_dir=scratch)
-    load_utterances(wav, call_options)  # a bad WAV fails here, before anything starts
+    call_options = dataclasses.replace(base, record_dir=scratch, expect_agent_hang_up=True)
+    utterances = load_utterances(wav, call_options)  # a bad WAV fails here, before anything starts
+    # The agent hangs up (end_call) with its answer to the caller's last phrase.
+    peer_settings = LocalPeerSettings(end_call_after_turns=len(utterances))
     await trio.Path(out_dir).mkdir(parents=True, exist_ok=True)
     peer_stats: list[PeerStats] = []
     summaries: list[CallSummary] = []
@@ -139,7 +144,9 @@ async def run_demo(
     say = progress or (lambda text: logger.info("%s", text))
     with trio.fail_after(DEMO_TIMEOUT_S):
         async with open_simulated_acs() as acs, trio.open_nursery() as nursery:
-            peer_url: str = await nursery.start(partial(serve_local_peer, record=peer_stats))
+            peer_url: str = await nursery.start(
+                partial(serve_local_peer, settings=peer_settings, record=peer_stats)
+            )
             fd, port = _reserve_port()
             server_url = f"http://127.0.0.1:{port}"
             env = {**acs.server_env(server_url), "REALTIME_URL": peer_url, **DEMO_ENV}
@@ -183,6 +190,8 @@ def _failure(result: DemoResult) -> str | None:
         return "the server never reported the call's end"
     if not result.report.stop_audio_s and any(t.barge_in for t in result.report.turns):
         return "no StopAudio after the barge-in"
+    if result.summary.end_reason is not EndReason.AGENT_HUNG_UP:
+        return f"the call ended with {result.summary.end_reason.value}, not the agent's hang-up"
     return None
 
 
@@ -308,7 +317,12 @@ def summary_text(result: DemoResult) -> str:
     ended = f"  ended: hung up by {report.hung_up_by or '-'} (close code {report.close_code})"
     if summary is not None:
         ended += f"; server end reason {summary.end_reason.value}"
+    if report.hang_up_after_played_ms is not None:
+        ended += f", {report.hang_up_after_played_ms:.0f} ms after the goodbye had played"
     lines.append(ended)
+    calls = [name for stats in result.peer for name in stats.function_calls]
+    if calls:
+        lines.append(f"  tools: the agent called {', '.join(calls)} (scripted in the local peer)")
     lines.extend(f"  deviation: {text} (x{n})" for text, n in report.deviations.items())
     what = {
         "call.wav": "stereo: caller left, agent right (as heard)",

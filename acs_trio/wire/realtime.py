@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "AudioDelta",
     "AudioDone",
     "ErrorEvent",
+    "FunctionCall",
     "InputTranscript",
     "ItemTruncated",
     "OtherEvent",
@@ -35,10 +36,12 @@ __all__ = [
     "SessionEvent",
     "SpeechStarted",
     "SpeechStopped",
+    "function_call_output",
     "input_audio_append",
     "item_delete",
     "message_item",
     "parse_server_event",
+    "response_cancel",
     "response_create",
     "session_update",
     "truncate_item",
@@ -62,8 +65,14 @@ def _with_id(event: dict[str, Any], event_id: str | None) -> str:
     return json.dumps(event)
 
 
-def session_update(agent: AgentSettings, event_id: str | None = None) -> str:
-    """The GA ``session.update`` for a phone call: PCM 24 kHz both ways, server VAD (§2.1)."""
+def session_update(
+    agent: AgentSettings, event_id: str | None = None, *, tools: Sequence[dict[str, Any]] = ()
+) -> str:
+    """The GA ``session.update`` for a phone call: PCM 24 kHz both ways, server VAD (§2.1).
+
+    ``tools`` are function declarations ``{"type": "function", "name", "description",
+    "parameters"}`` (§2.1).
+    """
     audio_input: dict[str, Any] = {
         "format": _PCM_FORMAT,
         "turn_detection": {
@@ -86,7 +95,7 @@ def session_update(agent: AgentSettings, event_id: str | None = None) -> str:
             "input": audio_input,
             "output": {"format": _PCM_FORMAT, "voice": agent.voice},
         },
-        "tools": [],
+        "tools": list(tools),
         "tool_choice": "auto",
     }
     return _with_id({"type": "session.update", "session": session}, event_id)
@@ -139,6 +148,17 @@ def truncate_item(
         },
         event_id,
     )
+
+
+def function_call_output(call_id: str, output: str) -> str:
+    """The result of a function call as a conversation item (§2.4); ``response.create`` follows."""
+    item = {"type": "function_call_output", "call_id": call_id, "output": output}
+    return json.dumps({"type": "conversation.item.create", "item": item})
+
+
+def response_cancel(event_id: str | None = None) -> str:
+    """``response.cancel`` for the active response (§2.5): a keypad barge-in has no server VAD."""
+    return _with_id({"type": "response.cancel"}, event_id)
 
 
 # --- server events ------------------------------------------------------------------------
@@ -248,6 +268,19 @@ class ErrorEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """A completed function call (``response.function_call_arguments.done``, or a
+    ``function_call`` item in ``response.output_item.done``; §3.2).  Both may arrive for one call:
+    ``call_id`` tells them apart.  ``arguments`` is the model's JSON text, not yet checked."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class OtherEvent:
     """Any event the bridge does not act on (content parts, rate limits, …)."""
 
@@ -266,6 +299,7 @@ ServerEvent = (
     | InputTranscript
     | ItemTruncated
     | ErrorEvent
+    | FunctionCall
     | OtherEvent
     | OutputItemAdded
     | OutputTranscriptDelta
@@ -349,6 +383,38 @@ def _output_item_added(event: dict[str, Any]) -> OutputItemAdded:
     )
 
 
+def _function_call_done(event: dict[str, Any]) -> FunctionCall:
+    return FunctionCall(
+        response_id=str(event.get("response_id", "")),
+        item_id=str(event.get("item_id", "")),
+        call_id=_required_str(event, "call_id"),
+        name=_required_str(event, "name"),
+        arguments=_required_str(event, "arguments"),
+    )
+
+
+def _output_item_done(event: dict[str, Any]) -> ServerEvent:
+    item = event["item"]
+    if not isinstance(item, dict):
+        raise TypeError("item is not an object")
+    if item.get("type") != "function_call":
+        return OtherEvent(str(event["type"]))
+    return FunctionCall(
+        response_id=str(event.get("response_id", "")),
+        item_id=str(item.get("id", "")),
+        call_id=_required_str(item, "call_id"),
+        name=_required_str(item, "name"),
+        arguments=_required_str(item, "arguments"),
+    )
+
+
+def _required_str(obj: dict[str, Any], key: str) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} is not a string")
+    return value
+
+
 _DECODERS: dict[str, Callable[[dict[str, Any]], ServerEvent]] = {
     "session.created": lambda e: SessionEvent(e["type"], dict(e.get("session") or {})),
     "session.updated": lambda e: SessionEvent(e["type"], dict(e.get("session") or {})),
@@ -384,4 +450,6 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], ServerEvent]] = {
         str(e["item_id"]), int(e.get("audio_end_ms", 0))
     ),
     "error": _error,
+    "response.function_call_arguments.done": _function_call_done,
+    "response.output_item.done": _output_item_done,
 }

@@ -62,6 +62,7 @@ async def test_answer_call_sends_the_documented_body() -> None:
             "startMediaStreaming": True,
             "enableBidirectional": True,
             "audioFormat": "pcm24KMono",
+            "enableDtmfTones": True,  # §2.3: DtmfData on the media socket (DTMF_ENABLED)
         },
     }
 
@@ -80,6 +81,54 @@ async def test_hang_up_terminates_for_everyone() -> None:
         "POST",
         "/calling/callConnections/conn-1:terminate",
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "identifier"),
+    [
+        ("+14255550199", {"rawId": "4:+14255550199", "phoneNumber": {"value": "+14255550199"}}),
+        (
+            "8:acs:res_agent-7",
+            {"rawId": "8:acs:res_agent-7", "communicationUser": {"id": "8:acs:res_agent-7"}},
+        ),
+    ],
+)
+async def test_transfer_names_the_target_and_operation_context(
+    target: str, identifier: dict[str, object]
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"operationContext": "transfer-1"})
+
+    async with open_acs_rest(CONNECTION_STRING, transport=httpx.MockTransport(handler)) as rest:
+        await rest.transfer_call_to_participant("conn-1", target, operation_context="transfer-1")
+    [request] = seen
+    assert (request.method, request.url.path) == (
+        "POST",
+        "/calling/callConnections/conn-1:transferToParticipant",
+    )
+    body = json.loads(request.content)
+    assert body["operationContext"] == "transfer-1"
+    assert body["targetParticipant"] == identifier
+
+
+async def test_answer_without_dtmf_leaves_the_tones_off() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answered(request)
+
+    async with open_acs_rest(CONNECTION_STRING, transport=httpx.MockTransport(handler)) as rest:
+        await rest.answer_call(
+            "ctx-1",
+            callback_url="https://x/cb",
+            transport_url="wss://x/ws",
+            enable_dtmf_tones=False,
+        )
+    assert json.loads(seen[0].content)["mediaStreamingOptions"]["enableDtmfTones"] is False
 
 
 async def test_stale_context_becomes_acs_rest_error_with_status_and_message() -> None:

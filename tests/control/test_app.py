@@ -212,6 +212,7 @@ async def test_incoming_call_answers_with_a_per_call_token(h: Harness) -> None:
             "startMediaStreaming": True,
             "enableBidirectional": True,
             "audioFormat": "pcm24KMono",
+            "enableDtmfTones": True,  # §2.3: DtmfData on the media socket (DTMF_ENABLED)
         },
     }
     assert h.plane.calls[token].call_connection_id == "conn-1"

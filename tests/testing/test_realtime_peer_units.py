@@ -149,3 +149,46 @@ def test_completed_response_streams_in_chunks_then_closes_once() -> None:
     assert closing[-2]["response"]["status"] == "completed"
     assert session.complete(plan) == []
     assert session.active is None
+
+
+def _drain(session: PeerSession, outgoing: list[Any]) -> list[dict[str, Any]]:
+    """Every event a connection would send for ``outgoing``, streaming plans to the end."""
+    events: list[dict[str, Any]] = []
+    for item in outgoing:
+        if isinstance(item, ResponsePlan):
+            while chunk := session.next_chunk(item):
+                events += chunk
+            events += session.complete(item)
+        else:
+            events.append(item)
+    return events
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_scripted_end_call_after_the_nth_phrase(offered: bool) -> None:
+    settings = LocalPeerSettings(end_call_after_turns=2, id_seed=7)
+    stats = PeerStats()
+    session = PeerSession(settings, stats, greeting=silence(100), expires_at=0)
+    tools = [{"type": "function", "name": "end_call", "parameters": {}}] if offered else []
+    session.receive(
+        json.dumps({"type": "session.update", "session": {"type": "realtime", "tools": tools}})
+    )
+    names: list[list[str]] = []
+    for _ in range(2):  # two phrases, each committed and answered by an echo
+        audio = base64.b64encode(tone(300)).decode()
+        session.receive(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+        session.receive(json.dumps({"type": "input_audio_buffer.commit"}))
+        events = _drain(session, session.receive(json.dumps({"type": "response.create"})))
+        names.append(
+            [e["name"] for e in events if e["type"] == "response.function_call_arguments.done"]
+        )
+        if names[-1]:
+            # GA order (docs/protocols/realtime.md §3.2): the call's item closes before response.done.
+            kinds = [e["type"] for e in events]
+            assert kinds.index(
+                "response.output_item.done", kinds.index("response.function_call_arguments.done")
+            ) < kinds.index("response.done")
+            [done] = [e for e in events if e["type"] == "response.done"]
+            assert [o["type"] for o in done["response"]["output"]] == ["message", "function_call"]
+    assert names == ([[], ["end_call"]] if offered else [[], []])
+    assert stats.function_calls == (["end_call"] if offered else [])

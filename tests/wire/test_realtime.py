@@ -147,3 +147,47 @@ def test_bad_server_events_raise_protocol_error(raw: str) -> None:
 def test_hostile_server_events_are_protocol_errors(raw: str) -> None:
     with pytest.raises(ProtocolError):
         rt.parse_server_event(raw)
+
+
+def test_function_calls_and_their_answers() -> None:
+    done = rt.parse_server_event(
+        json.dumps(
+            {
+                "type": "response.function_call_arguments.done",
+                "event_id": "e1",
+                "response_id": "resp_1",
+                "item_id": "item_1",
+                "output_index": 0,
+                "call_id": "call_1",
+                "name": "lookup_order",
+                "arguments": '{"order_id": "A1"}',
+            }
+        )
+    )
+    item = rt.parse_server_event(
+        json.dumps(
+            {
+                "type": "response.output_item.done",
+                "response_id": "resp_1",
+                "output_index": 0,
+                "item": {"id": "item_1", "type": "function_call", "call_id": "call_1",
+                         "name": "lookup_order", "arguments": '{"order_id": "A1"}'},
+            }
+        )
+    )  # fmt: skip
+    expected = rt.FunctionCall("resp_1", "item_1", "call_1", "lookup_order", '{"order_id": "A1"}')
+    assert done == item == expected
+    message_item = {"type": "response.output_item.done", "item": {"type": "message"}}
+    assert rt.parse_server_event(json.dumps(message_item)) == rt.OtherEvent(
+        "response.output_item.done"
+    )
+    with pytest.raises(ProtocolError):
+        rt.parse_server_event(
+            json.dumps({"type": "response.function_call_arguments.done", "call_id": 1})
+        )
+    # docs/protocols/realtime.md §2.4: the answer is a conversation item; §2.5 response.cancel.
+    assert json.loads(rt.function_call_output("call_1", '{"ok": true}')) == {
+        "type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"ok": true}'},
+    }
+    assert json.loads(rt.response_cancel("ev_1")) == {"event_id": "ev_1", "type": "response.cancel"}

@@ -60,6 +60,10 @@ class CallOptions:
     stop_audio_timeout_s: float = 5.0
     silence_threshold_rms: float = 100.0
     record_dir: Path | None = None
+    #: The agent is expected to hang up after answering the last utterance (its end_call): the
+    #: caller waits for the REST hang-up instead of hanging up, and its absence fails the call.
+    expect_agent_hang_up: bool = False
+    agent_hang_up_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,11 @@ async def _media(ctx: CallContext, options: CallOptions, call: SimCall, report: 
                 on_event=lambda text: ctx.progress(report.index, text),
             )  # fmt: skip
             await _converse(ctx, options, call, report, link, clips)
+        # trio-websocket 0.12: when the *server* closes the WebSocket, a client waits for the
+        # server's TCP close and then leaves its own stream open (_impl.py _reader_task), so
+        # ACS's side of a server-ended call would leak the socket.  Close it ourselves.
+        with trio.move_on_after(1.0, shield=True):
+            await ws._stream.aclose()
     except HandshakeError as exc:
         report.fail(f"media WebSocket handshake failed: {exc!r}")
         return
@@ -253,6 +262,10 @@ async def _converse(
     async def script_then_hang_up() -> None:
         try:
             await run_script(options, report, link, clips, step, say)
+            if options.expect_agent_hang_up:
+                step.name = "waiting for the agent to hang up"
+                with trio.fail_after(options.agent_hang_up_timeout_s):
+                    await trio.sleep_forever()  # ends when server_rest_hang_up cancels us
         except trio.TooSlowError:
             report.fail(f"timed out {step.name}")
         report.hung_up_by = report.hung_up_by or "simulator"
@@ -262,12 +275,21 @@ async def _converse(
     async def server_rest_hang_up() -> None:
         await call.hung_up.wait()
         report.hung_up_by = report.hung_up_by or f"server (REST {call.hang_up_via})"
+        # > 0: the hang-up came after the agent's audio had played; < 0: it cut the agent off.
+        report.hang_up_after_played_ms = round((link.now_s() - link.track.play_end_s) * 1000, 1)
         ctx.progress(report.index, f"server hung up via REST {call.hang_up_via}")
         await link.hang_up("call ended by the application")  # ACS then tears down the media
         nursery.cancel_scope.cancel()
 
     async def record_until_closed() -> None:
         await link.receive_loop()
+        if not link.closed_by_us and options.expect_agent_hang_up and step.final:
+            # The server's order for an ending of its own: close the media socket, then hang up
+            # over REST (server_rest_hang_up takes it from there).
+            with trio.move_on_after(options.agent_hang_up_timeout_s):
+                await call.hung_up.wait()
+            if call.hung_up.is_set():
+                return
         if not link.closed_by_us:
             report.hung_up_by = report.hung_up_by or "server (WebSocket close)"
             ctx.progress(report.index, f"server closed the media socket ({report.close_code})")
@@ -284,7 +306,10 @@ async def _converse(
         nursery.start_soon(_send_until_closed, link)
         nursery.start_soon(server_rest_hang_up)
         nursery.start_soon(script_then_hang_up)
-    if report.hung_up_by.startswith("server"):
+    agent_ending = options.expect_agent_hang_up and step.final
+    if report.hung_up_by.startswith("server (REST") and agent_ending:
+        say(f"the agent hung up {report.hang_up_after_played_ms:.0f} ms after its audio played")
+    elif report.hung_up_by.startswith("server"):
         report.fail(f"{report.hung_up_by} while {step.name}")
 
 

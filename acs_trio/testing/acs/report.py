@@ -91,6 +91,8 @@ class CallReport:
     deviations: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
     recording: str | None = None
+    #: Server REST hang-up minus the end of the agent's queued audio (call timeline), in ms.
+    hang_up_after_played_ms: float | None = None
 
     @property
     def ok(self) -> bool:

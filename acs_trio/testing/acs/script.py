@@ -26,6 +26,8 @@ class Step:
 
     def __init__(self) -> None:
         self.name = "placing the call"
+        #: The caller has spoken its last utterance and is listening to the last answer.
+        self.final = False
 
 
 async def run_script(
@@ -73,6 +75,7 @@ async def run_script(
             await trio.sleep(options.barge_in_delay_s)
         else:
             step.name = f"listening to the answer to utterance {number}"
+            step.final = number == len(clips)
             with trio.fail_after(options.playout_timeout_s):
                 await link.wait_played_out(options.quiet_s)
 

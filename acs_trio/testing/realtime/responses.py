@@ -45,6 +45,8 @@ class ResponsePlan:
     finished: bool = False
     #: The assistant item as it stands (``in_progress`` until the closing cascade).
     item: Event = field(default_factory=dict)
+    #: A function this response calls after its audio (scripted ``end_call``), if any.
+    function_call: str | None = None
 
 
 class Responder:
@@ -58,11 +60,19 @@ class Responder:
         self.active: ResponsePlan | None = None
 
     def start(
-        self, *, kind: str, audio: bytes, transcript: str, input_audio_ms: int, voice: str
+        self,
+        *,
+        kind: str,
+        audio: bytes,
+        transcript: str,
+        input_audio_ms: int,
+        voice: str,
+        function_call: str | None = None,
     ) -> tuple[ResponsePlan, list[Event]]:
         """A new active response and its opening events (created, item added, part added)."""
         ids = ResponseIds(self._ids.new("resp"), self._ids.new("item"))
         plan = ResponsePlan(ids, kind, audio, transcript, input_audio_ms, voice)
+        plan.function_call = function_call
         plan.item = assistant_item(ids.item_id, status="in_progress", transcript=None)
         self.active = plan
         self._stats.responses.append(kind)
@@ -134,13 +144,14 @@ class Responder:
             output_audio_ms=pcm_ms(plan.sent_bytes),
             output_words=plan.sent_words,
         )
+        calls = self._function_call(plan) if status == "completed" else []
         response = response_object(
             ids,
             conversation_id=self.conversation_id,
             voice=plan.voice,
             status=status,
             status_details=details,
-            output=[plan.item],
+            output=[plan.item, *[e["item"] for e in calls if e["type"].endswith("item.done")]],
             usage=usage,
         )
         return [
@@ -157,9 +168,30 @@ class Responder:
                 output_index=0,
                 item=plan.item,
             ),
+            *calls,
             self._event("response.done", response=response),
             rate_limits_updated(self._ids, tokens_used=usage["total_tokens"]),
         ]
+
+    def _function_call(self, plan: ResponsePlan) -> list[Event]:
+        """A ``function_call`` output item after the audio (RP §3.2): added, arguments done,
+        item done; ``call_id`` is what the client answers with a ``function_call_output``."""
+        if plan.function_call is None:
+            return []
+        self._stats.function_calls.append(plan.function_call)
+        item_id, call_id = self._ids.new("item"), self._ids.new("call")
+        item = {"id": item_id, "object": "realtime.item", "type": "function_call",
+                "name": plan.function_call, "call_id": call_id, "arguments": "{}"}  # fmt: skip
+        rid = plan.ids.response_id
+        return [
+            self._event("response.output_item.added", response_id=rid, output_index=1,
+                        item={**item, "status": "in_progress", "arguments": ""}),
+            self._event("response.function_call_arguments.done", response_id=rid,
+                        item_id=item_id, output_index=1, call_id=call_id,
+                        name=plan.function_call, arguments="{}"),
+            self._event("response.output_item.done", response_id=rid, output_index=1,
+                        item={**item, "status": "completed"}),
+        ]  # fmt: skip
 
     def _event(self, kind: str, **fields: Any) -> Event:
         return {"type": kind, "event_id": self._ids.new("event"), **fields}

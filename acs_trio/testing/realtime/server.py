@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
         "--first-delta-delay-s", type=float, default=defaults.first_delta_delay_s,
         help="pause between response.created and the first audio delta",
     )  # fmt: skip
+    p.add_argument(
+        "--end-call-after", type=int, default=None, metavar="N",
+        help="call the end_call tool with the echo of the caller's Nth phrase (an agent hang-up)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -115,6 +119,7 @@ def main(argv: list[str]) -> int:
         chunk_ms=args.chunk_ms,
         pace_factor=args.pace_factor or None,
         first_delta_delay_s=args.first_delta_delay_s,
+        end_call_after_turns=args.end_call_after,
     )
     try:
         trio.run(partial(serve_local_peer, host=args.host, port=args.port, settings=settings))

@@ -79,6 +79,7 @@ class PeerSession:
         self._input = InputBuffer(settings, self.turn_detection)
         self._turn_item: str | None = None
         self._last_user_audio: bytes | None = None
+        self._echoes = 0
 
     @property
     def turn_detection(self) -> dict[str, Any] | None:
@@ -339,15 +340,23 @@ class PeerSession:
             transcript = f"(echo of your {len(audio) / 48000:.1f} s of speech)"
         else:
             audio, kind, transcript = self._greeting, "greeting", GREETING_TRANSCRIPT
+        self._echoes += kind == "echo"
         plan, opening = self.responder.start(
             kind=kind,
             audio=audio,
             transcript=transcript,
             input_audio_ms=pcm_ms(len(self._last_user_audio or b"")),
             voice=self.session["audio"]["output"].get("voice", "marin"),
+            function_call="end_call" if kind == "echo" and self._hangs_up_now() else None,
         )
         self._conv.items[plan.ids.item_id] = _Item(plan.item, plan=plan)
         return [*opening, plan]
+
+    def _hangs_up_now(self) -> bool:
+        """The scripted hang-up: this echo answers phrase N and the client offers end_call."""
+        tools = self.session.get("tools") or []
+        offered = any(isinstance(t, dict) and t.get("name") == "end_call" for t in tools)
+        return offered and self._echoes == self.settings.end_call_after_turns
 
     def _event(self, kind: str, **fields: Any) -> Event:
         return {"type": kind, "event_id": self.ids.new("event"), **fields}

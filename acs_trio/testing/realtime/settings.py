@@ -34,6 +34,9 @@ class LocalPeerSettings:
     model: str = "acs-trio-local-test-peer"
     #: Seed for ids, so a test can reproduce a connection's ids; ``None`` = random.
     id_seed: int | None = None
+    #: Script an agent hang-up: the echo of the caller's Nth phrase ends with a call of the
+    #: ``end_call`` function (if the session offers it), as a model does after its goodbye.
+    end_call_after_turns: int | None = None
 
 
 @dataclass
@@ -49,6 +52,8 @@ class PeerStats:
     #: ``"greeting"`` or ``"echo"`` per response created.
     responses: list[str] = field(default_factory=list)
     responses_completed: int = 0
+    #: Names of the functions the peer called, in order.
+    function_calls: list[str] = field(default_factory=list)
     #: ``status_details.reason`` per cancelled response (``turn_detected``/``client_cancelled``).
     cancels: list[str] = field(default_factory=list)
     #: ``(item_id, audio_end_ms)`` of each accepted truncation.
