@@ -7,11 +7,13 @@ whether ``timeout`` is seconds or milliseconds.  A missing or invalid value rais
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -27,6 +29,7 @@ __all__ = [
     "ClusterSettings",
     "ControlTimeouts",
     "ModelEndpoint",
+    "Observability",
     "ServerSettings",
     "Settings",
     "SoftphoneSettings",
@@ -320,6 +323,30 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class Observability:
+    """Logs, metrics and recordings (docs/operations.md)."""
+
+    #: ``text`` (human-readable, the default) or ``json`` (one JSON object per line).
+    log_format: str = "text"
+    #: Serve Prometheus metrics on ``GET /metrics``.
+    metrics_enabled: bool = True
+    #: Opt-in: per call a stereo WAV, a transcript JSONL and a summary JSON under this directory.
+    recordings_dir: str | None = None
+    #: Recordings older than this are deleted (checked hourly); 0 keeps them forever.
+    recordings_retention_days: float = 30.0
+
+
+#: Recording write-behind: chunks of RECORDING_CHUNK_MS of stereo audio, at most
+#: RECORDING_QUEUE_CHUNKS queued for the writer thread (beyond that they are dropped and counted).
+RECORDING_CHUNK_MS = 500
+RECORDING_QUEUE_CHUNKS = 64
+#: How often the retention sweep runs.
+RECORDINGS_SWEEP_INTERVAL_S = 3600.0
+#: The event-loop lag probe's period.
+LOOP_LAG_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True)
 class SoftphoneSettings:
     """The browser softphone page (docs/softphone.md); off unless ``SOFTPHONE=1``."""
 
@@ -370,6 +397,9 @@ class Settings:
     acs: AcsSettings | None = None
     server: ServerSettings = field(default_factory=ServerSettings)
     log_level: str = "INFO"
+    observability: Observability = field(default_factory=Observability)
+    #: Things worth a WARNING once logging is up (e.g. quotes removed from a value).
+    notices: tuple[str, ...] = ()
     actions: ActionSettings = field(default_factory=ActionSettings)
     #: None (the default): no softphone route exists.
     softphone: SoftphoneSettings | None = None
@@ -378,7 +408,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Env(os.environ if environ is None else environ)
-        return cls(
+        settings = cls(
             model=_model_from_env(env),
             agent=_agent_from_env(env),
             limits=_limits_from_env(env),
@@ -394,10 +424,12 @@ class Settings:
                 ),
             ),
             log_level=env.get("LOG_LEVEL", _log_level, "INFO"),
+            observability=_observability_from_env(env),
             actions=_actions_from_env(env),
             softphone=_softphone_from_env(env),
             cluster=_cluster_from_env(env),
         )
+        return replace(settings, notices=tuple(env.notices))
 
     def require_model(self) -> ModelEndpoint:
         if self.model is None:
@@ -422,12 +454,24 @@ class _Env:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
+        self.notices: list[str] = []
 
     def raw(self, name: str) -> str | None:
         value = self._environ.get(name)
         if value is None or value.strip() == "":
             return None
-        return value.strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            # `docker run --env-file` passes quotes literally (a shell-style file has them).
+            notice = (
+                f"{name}: removed the surrounding {value[0]} quotes (docker --env-file keeps "
+                "quotes literally: write NAME=value without quotes there)"
+            )
+            if notice not in self.notices:
+                self.notices.append(notice)
+            value = value[1:-1].strip()
+            return value or None
+        return value
 
     def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
         value = self.raw(name)
@@ -439,15 +483,29 @@ class _Env:
             raise ConfigError(f"{name}={value!r} is invalid: {exc}") from None
 
 
+def _log_format(value: str) -> str:
+    lowered = value.lower()
+    if lowered not in {"text", "json"}:
+        raise ValueError("must be text or json")
+    return lowered
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
 def _positive_int(value: str) -> int:
-    number = int(value)
+    number = _int(value)
     if number <= 0:
         raise ValueError("must be a positive integer")
     return number
 
 
 def _port(value: str) -> int:
-    number = int(value)
+    number = _int(value)
     if not 0 <= number <= 65535:
         raise ValueError("must be a TCP port (0-65535)")
     return number
@@ -603,24 +661,74 @@ def _acs_from_env(env: _Env) -> AcsSettings | None:
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be set together with {', '.join(present)}")
     connection_string = env.get("ACS_CONNECTION_STRING", str, "")
-    if (
-        "endpoint=" not in connection_string.lower()
-        or "accesskey=" not in connection_string.lower()
-    ):
-        raise ConfigError("ACS_CONNECTION_STRING must look like 'endpoint=https://…;accesskey=…'")
+    _check_connection_string(connection_string)
     return AcsSettings(
         connection_string=connection_string,
         public_base_url=env.get("PUBLIC_BASE_URL", _https_base, ""),
-        resource_id=env.get("ACS_RESOURCE_ID", str, ""),
+        resource_id=env.get("ACS_RESOURCE_ID", _resource_id, ""),
         jwks_url=env.get("ACS_JWKS_URL", str, DEFAULT_ACS_JWKS_URL),
         jwt_issuer=env.get("ACS_JWT_ISSUER", str, DEFAULT_ACS_JWT_ISSUER),
     )
 
 
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _resource_id(value: str) -> str:
+    """The JWT audience is the resource's *immutable id*, a GUID (docs/protocols/acs.md §5)."""
+    if value.lower().startswith("/subscriptions/") or "/providers/" in value.lower():
+        raise ValueError(
+            "that is the ARM resource path; use the resource's Immutable Resource ID, a GUID "
+            "(Azure portal: your Communication Services resource > Properties)"
+        )
+    if not _GUID.match(value):
+        raise ValueError(
+            "must be the resource's Immutable Resource ID, a GUID like "
+            "6b0c6a0e-0000-4000-8000-000000000000 (Azure portal: resource > Properties)"
+        )
+    return value
+
+
+def _check_connection_string(value: str) -> None:
+    """What azure-communication's parser needs: ``endpoint=https://…;accesskey=<base64>``."""
+    shape = "ACS_CONNECTION_STRING must look like 'endpoint=https://…;accesskey=…'"
+    parts: dict[str, str] = {}
+    for part in value.split(";"):
+        key, sep, item = part.partition("=")
+        if sep:
+            parts[key.strip().lower()] = item.strip()
+    endpoint, key = parts.get("endpoint", ""), parts.get("accesskey", "")
+    if not endpoint or not key:
+        raise ConfigError(shape)
+    if urlsplit(endpoint).scheme not in {"https", "http"} or not urlsplit(endpoint).netloc:
+        raise ConfigError(f"{shape}: the endpoint is not an https:// URL")
+    try:
+        base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(
+            "ACS_CONNECTION_STRING: the accesskey is not base64 (copy the whole connection "
+            "string from the portal: Keys > Connection string)"
+        ) from None
+
+
+def _observability_from_env(env: _Env) -> Observability:
+    d = Observability()
+    return Observability(
+        log_format=env.get("LOG_FORMAT", _log_format, d.log_format),
+        metrics_enabled=env.get("METRICS_ENABLED", _bool, d.metrics_enabled),
+        recordings_dir=env.get("RECORDINGS_DIR", str, "") or None,
+        recordings_retention_days=env.get(
+            "RECORDINGS_RETENTION_DAYS", _non_negative_float, d.recordings_retention_days
+        ),
+    )
+
+
 #: E.164: a plus and up to 15 digits, the first not zero.
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-#: ACS user ids are raw ids of the form ``8:acs:<resource>_<user>`` (Teams/bot ids also start ``8:``).
-_ACS_USER = re.compile(r"8:[a-z0-9-]+:[A-Za-z0-9_.:-]+")
+#: ACS user ids are raw ids of the form ``8:acs:<resource>_<user>`` (``8:spool:``, and
+#: ``8:dod-acs:``/``8:gcch-acs:`` in government clouds); the transfer sends them as
+#: ``communicationUser``, so other ``8:`` ids (Teams ``8:orgid:``, …) are refused.
+_ACS_USER = re.compile(r"8:(acs|spool|dod-acs|gcch-acs):[A-Za-z0-9_.:-]+")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DTMF_TONES = frozenset("0123456789*#ABCD")
 
@@ -691,7 +799,11 @@ def _softphone_from_env(env: _Env) -> SoftphoneSettings | None:
             )
         return None
     if token is None:
-        return SoftphoneSettings.generated()
+        # A generated token could only be shown by logging it; logs are not secret.
+        raise ConfigError(
+            "SOFTPHONE=1 needs SOFTPHONE_TOKEN, the secret in the page's URL "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+        )
     if len(token) < SOFTPHONE_MIN_TOKEN_CHARS or re.fullmatch(r"[A-Za-z0-9_-]+", token) is None:
         raise ConfigError(
             f"SOFTPHONE_TOKEN must be at least {SOFTPHONE_MIN_TOKEN_CHARS} URL-safe characters "

@@ -62,7 +62,15 @@ class ModelError(AcsTrioError):
 
 
 class ModelConnectError(ModelError):
-    """The model's WebSocket could not be opened (network, TLS or timeout)."""
+    """The model's WebSocket could not be opened (network, TLS or timeout).
+
+    ``cause`` is a short, bounded label for metrics: ``dns``, ``refused``, ``tls``, ``timeout``
+    or ``network``.
+    """
+
+    def __init__(self, message: str, *, cause: str = "network") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class ModelRejected(ModelError):

@@ -83,6 +83,8 @@ class Tool:
     context_param: str | None = None
     #: Per-tool deadline (seconds), capped by ``TOOL_TIMEOUT_S``.
     timeout_s: float | None = None
+    #: ``X | None`` parameters without a default: None when the model leaves them out.
+    none_if_missing: tuple[str, ...] = ()
 
     @property
     def is_async(self) -> bool:
@@ -122,6 +124,8 @@ class Tool:
             problem = _type_problem(arg, properties[name])
             if problem:
                 raise ToolError(f"argument {name!r} {problem}")
+        for name in self.none_if_missing:
+            value.setdefault(name, None)
         return value
 
 
@@ -196,6 +200,7 @@ def _make_tool(func: Callable[..., Any], name: str, timeout_s: float | None) -> 
     hints = typing.get_type_hints(func)
     properties: dict[str, Any] = {}
     required: list[str] = []
+    none_if_missing: list[str] = []
     context_param: str | None = None
     for param in inspect.signature(func).parameters.values():
         if param.kind in {param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY}:
@@ -210,15 +215,23 @@ def _make_tool(func: Callable[..., Any], name: str, timeout_s: float | None) -> 
         if param.name in arg_docs:
             schema["description"] = arg_docs[param.name]
         properties[param.name] = schema
-        if param.default is param.empty and not optional:
-            required.append(param.name)
+        if param.default is param.empty:
+            (none_if_missing if optional else required).append(param.name)
     parameters: dict[str, Any] = {
         "type": "object",
         "properties": properties,
         "required": required,
         "additionalProperties": False,
     }
-    return Tool(name, description or name, parameters, func, context_param, timeout_s)
+    return Tool(
+        name,
+        description or name,
+        parameters,
+        func,
+        context_param,
+        timeout_s,
+        tuple(none_if_missing),
+    )
 
 
 def _schema_of(hint: Any, where: str) -> tuple[dict[str, Any], bool]:

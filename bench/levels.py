@@ -162,7 +162,9 @@ async def run_main(args: argparse.Namespace) -> int:
         hold, settle, call_s = args.hold, args.settle, args.call_s or 30.0
     started = time.time()
     rows: list[LevelRow] = []
-    async with open_bench(args.out) as bench:
+    from observe_cost import observe_env
+
+    async with open_bench(args.out, server_env=observe_env(args.observe, args.out)) as bench:
         # Warm-up: one short call (lazy imports, JWKS fetch, first TLS connection), then idle.
         warm = bench.gen.new_call(4.0)
         await warm.run()
@@ -223,6 +225,7 @@ async def run_main(args: argparse.Namespace) -> int:
             "settle_s": settle,
             "call_s": call_s,
             "ramp_rate": args.ramp_rate,
+            "observe": args.observe,
         },
         "idle": {"rss_kb": idle.rss_kb, "fds": idle.fds, "cpu_pct": idle_cpu_pct},
         "levels": [r.as_dict() for r in rows],

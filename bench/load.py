@@ -3,6 +3,7 @@
     python bench/load.py [run] [--quick] [--levels 1,10,25,...] [--hold 30] [--call-s 30]
     python bench/load.py leak [--calls 2000] [--concurrency 16] [--call-s 2.5]
     python bench/load.py profile --calls 100 [--seconds 30]
+    python bench/load.py observe [--calls 40] [--rounds 4]   # CPU: metrics/recording off vs on
     python bench/load.py cluster [--levels 20] [--workers-levels 20,40,60,...]
 
 The server runs as its own process pinned to core 0 (``taskset -c 0``); this process (fake ACS
@@ -27,7 +28,10 @@ from harness import pin_to_core  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/load.py", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "mode", nargs="?", default="run", choices=["run", "leak", "profile", "smoke", "cluster"]
+        "mode",
+        nargs="?",
+        default="run",
+        choices=["run", "leak", "profile", "smoke", "observe", "cluster"],
     )
     parser.add_argument(
         "--quick", action="store_true", help="about one minute: levels 1,5,10, short windows"
@@ -63,6 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tag", default="", help="label stored in the JSON (e.g. 'before', 'after')"
     )
+    parser.add_argument(
+        "--observe",
+        choices=["off", "metrics", "all"],
+        default="metrics",
+        help="run: server metrics off, on (the default, as shipped), or metrics + RECORDINGS_DIR",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="observe: measurement windows")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     pin_to_core(1)
@@ -70,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         from leak import leak_main as target
     elif args.mode == "profile":
         from spy import profile_main as target
+    elif args.mode == "observe":
+        from observe_cost import observe_main as target
     elif args.mode == "cluster":
         from cluster import cluster_main as target
     elif args.mode == "smoke":

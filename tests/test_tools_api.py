@@ -108,6 +108,16 @@ def test_bad_tools_fail_at_definition(define: object, message: str) -> None:
         define()  # type: ignore[operator]
 
 
+def test_a_nullable_parameter_without_a_default_may_be_omitted() -> None:
+    @tool
+    def note(text: str | None) -> str:
+        """Take a note."""
+        return text or "(empty)"
+
+    assert note.parameters["required"] == []  # X | None: optional for the model
+    assert note.func(**note.parse_arguments("{}")) == "(empty)"  # so the call gets None
+
+
 def test_unsupported_annotation_fails_at_definition() -> None:
     def f(x: dict[str, int]) -> None:
         """F."""
@@ -185,6 +195,8 @@ def test_action_settings_from_env() -> None:
     [
         ("TRANSFER_TARGET", "4255550199"),
         ("TRANSFER_TARGET", "sip:agent@contoso.com"),
+        # A Teams user's raw id is not an ACS user: it would go out as communicationUser.
+        ("TRANSFER_TARGET", "8:orgid:6b3e6d5a-0000-4000-8000-000000000001"),
         ("AGENT_TOOLS", "my-tools.py"),
         ("DTMF_ENABLED", "maybe"),
         ("DTMF_TERMINATOR", "##"),

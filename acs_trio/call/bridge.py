@@ -65,6 +65,11 @@ __all__ = ["run_call"]
 
 logger = logging.getLogger(__name__)
 
+#: Endings logged at INFO; every other one (model, timeouts, protocol, bugs) at WARNING.
+_ENDINGS_NOT_WORTH_A_WARNING = frozenset(
+    {EndReason.CALLER_HUNG_UP, EndReason.CALL_DISCONNECTED, EndReason.SHUTDOWN}
+)
+
 #: Distinct unknown media kinds counted by name; the rest are counted as "(other)".
 _MAX_UNKNOWN_KINDS = 32
 #: How often a session near its expiry checks for a quiet moment to be replaced.
@@ -141,12 +146,14 @@ class _CallBridge:
         self.frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
             max(1, limits.outbound_buffer_ms // limits.frame_ms)
         )
+        self.observer = handle.observer
         self.playout = Playout(
             media,
             frames_recv,
             self.summary,
             lead_ms=limits.playout_lead_ms,
             cut_line=self.agent_audio.cut_line,
+            observer=self.observer,
             events=events,
         )
         # Cancelled by end(); created up front so an early end applies the moment they are entered.
@@ -206,6 +213,8 @@ class _CallBridge:
             wait_played_out=self.playout.wait_played_out,
             end=self.end,
             control=self.handle.control,
+            observer=self.observer,
+            turn_pending=lambda: self.caller_speaking or self.answer_owed,
         )
         self.dtmf_outbox = self.outbox_send.clone()
         self.dtmf: DtmfCollector | None = None
@@ -221,6 +230,7 @@ class _CallBridge:
 
     async def run(self, connect_model: ModelConnector) -> CallSummary:
         self.log.info("call started")
+        self.observer.on_start(self.handle.ids, self.summary.started_at)
         self.emit({"type": "call_started", "call_id": self.handle.ids.call_id})
         self.handle.bind(self.on_end)
         try:
@@ -241,7 +251,8 @@ class _CallBridge:
             summary = self.summary
             summary.ended_at = trio.current_time()
             summary.end_reason, summary.end_detail = reason, detail
-            self.log.info("call ended %s", summary.log_fields())
+            self.log.info("call ended %s", summary.log_fields(), extra=summary.log_extra())
+            self.observer.on_end(summary)
             self.emit(_ended_event(summary))
             self.handle.finished.set()
         return summary
@@ -255,7 +266,9 @@ class _CallBridge:
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         if self.handle.end_request is None:
-            self.log.info("ending call: %s %s", reason.value, detail)
+            # Endings the caller did not cause (model, timeouts, bugs) are an operator's business.
+            level = logging.INFO if reason in _ENDINGS_NOT_WORTH_A_WARNING else logging.WARNING
+            self.log.log(level, "ending call: %s %s", reason.value, detail)
         self.handle.end(reason, detail)
 
     def on_end(self) -> None:
@@ -348,6 +361,7 @@ class _CallBridge:
         summary = self.summary
         summary.frames_in += 1
         summary.silent_frames_in += audio.silent
+        self.observer.on_caller_audio(audio.pcm, audio.silent, self.last_acs_message)
         message = self.caller_audio.push(audio)
         if message is None:
             return
@@ -383,6 +397,7 @@ class _CallBridge:
             return
         self.log.info("audio metadata: %s Hz, %s bytes per frame", meta.sample_rate, meta.length)
         self.agent_audio.set_rate(meta.sample_rate)
+        self.observer.on_audio_format(meta.sample_rate)
         self.summary.sample_rate_hz = meta.sample_rate
 
     def bad_acs_message(self, what: str) -> None:
@@ -511,15 +526,19 @@ class _CallBridge:
                 self.conversation.forget(item_id)
             for event in self.conversation.replay(self.event_ids):
                 await ws.send(event)
+        asked = False
         if self.greeting_owed and self.agent.greeting:
             # A request, not per-response instructions: the persona stays in force (L3).  Asked
             # again of a new session until a response completes or the caller speaks.
             await ws.send(rt.message_item("system", self.agent.greeting, self.event_ids()))
             await ws.send(rt.response_create(self.event_ids()))
+            asked = True
         elif not first and (self.answer_owed or self.response_active):
             # The caller was waiting for an answer the old session never finished.
             self.playout.expect_answer(now, self.agent_audio.latest_seq)
             await ws.send(rt.response_create(self.event_ids()))
+            asked = True
+        self.tool_runner.on_new_session(responding=asked)
         self.recycle_pending = False
         self.response_active = self.answer_owed = self.caller_speaking = False
         self.agent_audio.session = self.sessions
@@ -652,6 +671,7 @@ class _CallBridge:
             await self.on_speech_started(ws)
         elif isinstance(event, rt.SpeechStopped):
             self.last_speech = now = trio.current_time()
+            self.observer.on_caller_speech(False, now)
             self.caller_speaking = False
             self.answer_owed = True
             self.summary.turns += 1
@@ -679,10 +699,12 @@ class _CallBridge:
             self.conversation.agent_delta(event.item_id, event.delta)
         elif isinstance(event, rt.OutputTranscript):
             self.conversation.agent_said(event.item_id, event.transcript)
+            self.observer.on_transcript("agent", event.transcript, trio.current_time())
             self.save_conversation()
             self.emit_transcript("agent", event.item_id, event.transcript)
         elif isinstance(event, rt.InputTranscript):
             self.conversation.caller_said(event.item_id, event.transcript)
+            self.observer.on_transcript("caller", event.transcript, trio.current_time())
             self.save_conversation()
             self.emit_transcript("caller", event.item_id, event.transcript)
 
@@ -729,6 +751,7 @@ class _CallBridge:
 
     async def on_speech_started(self, ws: ModelSocket) -> None:
         self.last_speech = trio.current_time()
+        self.observer.on_caller_speech(True, self.last_speech)
         # Every response so far is now interrupted: none of its audio may reach the caller.
         self.agent_audio.cut_all()
         cut = self.playout.interrupt()

@@ -17,6 +17,7 @@ import trio
 
 from .actions import CallControl
 from .conversation_store import ConversationStore
+from .observer import NULL_OBSERVER, CallObserver
 
 __all__ = ["CallHandle", "CallIds", "CallSummary", "EndReason"]
 
@@ -87,6 +88,11 @@ class CallHandle:
         self.end_requested = trio.Event()
         #: Set when ``run_call`` has returned: every task of the call has ended.
         self.finished = trio.Event()
+        #: Where the call reports metrics, recordings and transcripts (set by the control plane
+        #: before ``run_call``; see :mod:`acs_trio.call.observer`).
+        self.observer: CallObserver = NULL_OBSERVER
+        #: trio time of the first :meth:`end` (teardown time is measured from it).
+        self.end_requested_at: float | None = None
         #: The caller's number (or raw id) from IncomingCall; tools see it in their context.
         self.caller = ""
         #: How the call asks the control plane for call actions (transfer); None without one.
@@ -102,6 +108,7 @@ class CallHandle:
         if self._end_request is not None:
             return
         self._end_request = (reason, detail)
+        self.end_requested_at = trio.current_time()
         self.end_requested.set()
         if self._on_cancel is not None:
             self._on_cancel()
@@ -200,3 +207,32 @@ class CallSummary:
             f"tool_errors={self.tool_errors} tool_timeouts={self.tool_timeouts} "
             f"dtmf_entries={self.dtmf_entries}"
         )
+
+    def log_extra(self) -> dict[str, object]:
+        """The summary as flat keys for structured (JSON) log lines; no raw clock readings."""
+        return {
+            "call_id": self.ids.call_id,
+            "correlation_id": self.ids.correlation_id,
+            "end_reason": self.end_reason.value,
+            "end_detail": self.end_detail,
+            "duration_s": round(self.duration_s, 3),
+            "frames_in": self.frames_in,
+            "silent_frames_in": self.silent_frames_in,
+            "frames_out": self.frames_out,
+            "barge_ins": self.barge_ins,
+            "turns": self.turns,
+            "greeting_ttfa_ms": (
+                None if self.greeting_ttfa_ms is None else round(self.greeting_ttfa_ms, 1)
+            ),
+            "ttfa_ms": [round(v, 1) for v in self.ttfa_ms],
+            "barge_in_latency_ms": [round(v, 1) for v in self.barge_in_latency_ms],
+            "truncated_at_ms": list(self.truncated_at_ms),
+            "frames_dropped_barge_in": self.frames_dropped_barge_in,
+            "inbound_waits": self.inbound_waits,
+            "outbound_waits": self.outbound_waits,
+            "bad_acs_messages": self.bad_acs_messages,
+            "bad_model_messages": self.bad_model_messages,
+            "model_errors": self.model_errors,
+            "unknown_kinds": dict(self.unknown_kinds),
+            "sample_rate_hz": self.sample_rate_hz,
+        }

@@ -33,6 +33,7 @@ from .agent_audio import CutLine, OutboundFrame
 from .events import CallEventSink
 from .lifecycle import CallSummary
 from .media_socket import MediaSocket
+from .observer import NULL_OBSERVER, CallObserver
 
 __all__ = ["Interruption", "OutboundFrame", "Playout"]
 
@@ -87,6 +88,7 @@ class Playout:
         *,
         lead_ms: int,
         cut_line: CutLine | None = None,
+        observer: CallObserver = NULL_OBSERVER,
         events: CallEventSink | None = None,
     ) -> None:
         self._media = media
@@ -106,6 +108,9 @@ class Playout:
         self.last_write = 0.0
         #: Set when a write found the ACS socket closed (the caller hung up mid-playout).
         self.media_closed = False
+        self._observer = observer
+        #: Audio written but not yet played (estimate) when the last barge-in cut it, ms.
+        self._flushed_ms = 0.0
         # A frame taken from the channel and not yet written (wait_played_out counts it).
         self._holding = False
         self._frame_s = 0.02
@@ -154,6 +159,7 @@ class Playout:
             slots.cut(now)
             played[item_id] = slots.played_ms(now)
         self._stop_since = now
+        self._flushed_ms = flushed_ms
         self._playout_end = now
         if self._wait_scope is not None:
             self._wait_scope.cancel()
@@ -246,6 +252,7 @@ class Playout:
                 self._items.popitem(last=False)
         slots.add(start, self._playout_end)
         await self._media.send(encode_audio_data(frame.pcm))
+        self._observer.on_agent_audio(frame.pcm, start)
         written = trio.current_time()
         self.last_write = written
         summary = self._summary
@@ -253,6 +260,7 @@ class Playout:
         if self._greeting_since is not None:
             summary.greeting_ttfa_ms = (written - self._greeting_since) * 1000
             self._greeting_since = None
+            self._observer.on_ttfa(summary.greeting_ttfa_ms, greeting=True)
             if self._events is not None:
                 self._events(
                     {
@@ -264,6 +272,7 @@ class Playout:
         if self._answer_wait is not None and frame.response_seq > self._answer_wait[1]:
             summary.ttfa_ms.append((written - self._answer_wait[0]) * 1000)
             self._answer_wait = None
+            self._observer.on_ttfa(summary.ttfa_ms[-1], greeting=False)
             if self._events is not None:
                 self._events(
                     {"type": "latency", "metric": "ttfa", "ms": round(summary.ttfa_ms[-1], 1)}
@@ -273,7 +282,9 @@ class Playout:
         assert self._stop_since is not None
         since, self._stop_since = self._stop_since, None
         await self._media.send(STOP_AUDIO)
-        latency_ms = (trio.current_time() - since) * 1000
+        now = trio.current_time()
+        latency_ms = (now - since) * 1000
         self._summary.barge_in_latency_ms.append(latency_ms)
+        self._observer.on_stop_audio(now, latency_ms, self._flushed_ms)
         if self._events is not None:
             self._events({"type": "latency", "metric": "barge_in", "ms": round(latency_ms, 1)})

@@ -21,7 +21,8 @@ has answered the interruption.
 Built-in tools: ``end_call`` (always) waits until the response that called it is complete and its
 audio has *played* at ACS (``Playout.wait_played_out``), then ends the call as
 ``agent_hung_up`` (the control plane hangs up for everyone); if the caller interrupted that
-response (``cancelled``), the model is told and the call goes on.  ``transfer_call`` (with
+response (``cancelled``, or a barge-in on its audio still playing), the model is told and the
+call goes on.  ``transfer_call`` (with
 ``TRANSFER_TARGET``) waits the same way, then asks the control plane (:class:`CallControl`) to
 transfer; accepted ends the call as ``transferred``, failed goes back to the model as an error.
 """
@@ -43,6 +44,7 @@ from ..tools import Tool, ToolContext, ToolError
 from ..wire import realtime as rt
 from .actions import CallControl
 from .lifecycle import CallSummary, EndReason
+from .observer import NULL_OBSERVER, CallObserver
 
 __all__ = ["END_CALL", "TRANSFER_CALL", "ToolRunner"]
 
@@ -93,8 +95,14 @@ class ToolRunner:
         wait_played_out: Callable[[], Awaitable[None]],
         end: Callable[[EndReason, str], None],
         control: CallControl | None,
+        observer: CallObserver = NULL_OBSERVER,
+        turn_pending: Callable[[], bool] = lambda: False,
     ) -> None:
         self._tools = {t.name: t for t in tools}
+        #: Each finished custom tool call (and each refusal) is reported here: metrics, transcript.
+        self._observer = observer
+        #: call_ids whose tool call failed (_error), until reported to the observer.
+        self._failed: set[str] = set()
         self._settings = settings
         self._context = context
         self._outbox = outbox
@@ -103,10 +111,16 @@ class ToolRunner:
         self._wait_played_out = wait_played_out
         self._end = end
         self._control = control
+        #: The caller is speaking, or server VAD has committed their turn and will create its
+        #: response: a response.create now would talk over them or collide with that response.
+        self._turn_pending = turn_pending
         self._nursery: trio.Nursery | None = None
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._running = 0
         self._budget_used_s = 0.0
+        # Sync tools' worker threads: an abandoned thread keeps its token until it returns, so
+        # a call holds at most this many, and never trio's default limiter (getaddrinfo's).
+        self._threads = trio.CapacityLimiter(settings.max_concurrent_tools)
         # response.create gating: wanted after outputs; sent when no tool runs and no response.
         self._want_response = False
         self._responding = False
@@ -142,6 +156,14 @@ class ToolRunner:
     def responding(self) -> bool:
         """A response is in progress (created, or asked for, and not yet done)."""
         return self._responding
+
+    def on_new_session(self, *, responding: bool) -> None:
+        """A (new) model session: a response of the old one will never be done.
+
+        ``responding``: the bridge asked this session for a response already.
+        """
+        self._responding = responding
+        self._poke.set()
 
     def on_response_created(self) -> None:
         self._responding = True
@@ -203,6 +225,10 @@ class ToolRunner:
         finally:
             self._running -= 1
             self._budget_used_s += trio.current_time() - started
+        now = trio.current_time()
+        ok = call.call_id not in self._failed  # every failure goes through _error()
+        self._failed.discard(call.call_id)
+        self._observer.on_tool_call(call.name, ok, (now - started) * 1000, now)
         await self._answer(call, output)
 
     async def _invoke(self, tool: Tool, call: rt.FunctionCall, limit_s: float) -> str:
@@ -221,7 +247,7 @@ class ToolRunner:
                 else:
                     # A thread cannot be cancelled: on timeout it is abandoned (its result dropped).
                     result = await trio.to_thread.run_sync(
-                        partial(tool.func, **kwargs), abandon_on_cancel=True
+                        partial(tool.func, **kwargs), abandon_on_cancel=True, limiter=self._threads
                     )
                 output = json.dumps(result, default=str)
             except ToolError as exc:
@@ -239,11 +265,24 @@ class ToolRunner:
 
     def _error(self, call: rt.FunctionCall, kind: str, message: str) -> str:
         self._summary.tool_errors += 1
-        self._log.warning("tool %s %s (call_id=%s): %s", call.name, kind, call.call_id, message)
-        return json.dumps({"error": f"{kind}: {message}"})
+        self._failed.add(call.call_id)
+        # A tool's exception text is as unbounded as a result: cut it to the same cap.
+        limit, text = self._settings.max_tool_output_chars, f"{kind}: {message}"
+        output = json.dumps({"error": text})
+        cut = len(text)
+        while len(output) > limit and cut > 0:
+            cut = max(0, cut - (len(output) - limit) - 2)
+            output = json.dumps({"error": text[:cut] + "…"})
+        self._log.warning(
+            "tool %s %s (call_id=%s): %s", call.name, kind, call.call_id, message[:limit]
+        )
+        return output
 
     async def _refuse(self, call: rt.FunctionCall, why: str) -> None:
-        await self._answer(call, self._error(call, "refused", why))
+        self._observer.on_tool_call(call.name, False, 0.0, trio.current_time())
+        output = self._error(call, "refused", why)
+        self._failed.discard(call.call_id)
+        await self._answer(call, output)
 
     async def _answer(self, call: rt.FunctionCall, output: str) -> None:
         try:
@@ -257,7 +296,8 @@ class ToolRunner:
         while True:
             await self._poke.wait()
             self._poke = trio.Event()
-            if self._want_response and self._running == 0 and not self._responding:
+            due = self._want_response and self._running == 0
+            if due and not self._responding and not self._turn_pending():
                 self._want_response = False
                 self._responding = True  # until this response's response.done
                 try:
@@ -270,9 +310,11 @@ class ToolRunner:
     async def _wait_goodbye(self, response_id: str) -> bool:
         """The response that made the call is complete and all its audio has played at ACS.
 
-        False if the caller interrupted that response (it ended ``cancelled``): the model's
-        decision was made before it heard the caller out, so the call goes on.
+        False if the caller interrupted that response (it ended ``cancelled``), or spoke over
+        its audio still playing after it completed (a barge-in): the model's decision was made
+        before it heard the caller out, so the call goes on.
         """
+        barge_ins = self._summary.barge_ins
         with trio.move_on_after(self._settings.goodbye_max_wait_s) as scope:
             while response_id and response_id not in self._done:
                 await self._done_changed.wait()
@@ -282,7 +324,8 @@ class ToolRunner:
                 "the goodbye did not finish playing within %.0f s; going on",
                 self._settings.goodbye_max_wait_s,
             )
-        return self._done.get(response_id) != "cancelled"
+        interrupted = self._summary.barge_ins != barge_ins
+        return not interrupted and self._done.get(response_id) != "cancelled"
 
     async def _end_call(self, call: rt.FunctionCall) -> None:
         if self._builtin_busy:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import trio
 from hypercorn.utils import UnexpectedMessageError
 from quart import Response, request, websocket
 
-from ..call.lifecycle import CallSummary
+from ..call.lifecycle import CallHandle, CallSummary
 from ..call.model_socket import ModelConnector
 from ..config import (
     MAX_BODY_BYTES,
+    RECORDINGS_SWEEP_INTERVAL_S,
     ControlTimeouts,
     Settings,
     model_shutdown_warning,
@@ -41,9 +43,13 @@ from .acs_rest import HttpTransport, open_acs_rest
 from .auth import JwtVerifier, bearer_token
 from .call_store import CallStore
 from .control_plane import Admission, ControlPlane
+from .loop_lag import LoopLag
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .model_ws import model_connector
+from .observe import instrument_connector, observe_call
 from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
-from .softphone import SoftphoneCalls, install_softphone, softphone_path
+from .recording import run_retention
+from .softphone import SoftphoneCalls, install_softphone
 
 __all__ = ["create_app"]
 
@@ -70,6 +76,16 @@ class _Runtime:
         if connect_model is None:
             # Fail closed: no model setting is a ConfigError here, never a fallback to a stand-in.
             connect_model = model_connector(settings.require_model(), settings.limits)
+        obs = settings.observability
+        #: This app's metrics (its own registry), or None with METRICS_ENABLED=false.
+        self.metrics = Metrics() if obs.metrics_enabled else None
+        if self.metrics is not None:
+            connect_model = instrument_connector(connect_model, self.metrics)
+            self.metrics.count_live_calls(
+                lambda: 0 if self.plane is None else len(self.plane.calls)
+            )
+        self.loop_lag = LoopLag(None if self.metrics is None else self.metrics.loop_lag.observe)
+        self.recordings_dir = Path(obs.recordings_dir) if obs.recordings_dir else None
         self.connect_model: ModelConnector = connect_model
         # Fail closed: a bad AGENT_TOOLS stops the server here, with one line.
         self.tools = (
@@ -105,7 +121,17 @@ class _Runtime:
                     store=store,
                     cluster_max_calls=self.settings.cluster.max_calls,
                 )
+                if (softphone := self.softphone) is not None:
+                    plane.other_calls = lambda: len(softphone.calls)
                 self.plane = plane
+                await nursery.start(self.loop_lag.run)
+                if self.recordings_dir is not None:
+                    nursery.start_soon(
+                        run_retention,
+                        self.recordings_dir,
+                        self.settings.observability.recordings_retention_days,
+                        RECORDINGS_SWEEP_INTERVAL_S,
+                    )
                 await nursery.start(plane.serve)
                 task_status.started()
                 await plane.finished.wait()  # stop(): drained, closed, every supervisor done
@@ -199,6 +225,12 @@ def create_app(
     call_runner: RunCall = run_call
     timeouts = ControlTimeouts() if timeouts is None else timeouts
     rt = _Runtime(settings, http_transport, connect_model, timeouts)
+
+    async def observed_runner(*args: Any, handle: CallHandle, **kwargs: Any) -> CallSummary:
+        """``run_call`` with the call's metrics, recording and log ids (control/observe.py)."""
+        async with observe_call(handle, metrics=rt.metrics, recordings_dir=rt.recordings_dir):
+            return await call_runner(*args, handle=handle, **kwargs)
+
     app = AcsTrioApp(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # quart-trio puts this deadline on the lifespan nursery at shutdown: room for the drain.
@@ -230,6 +262,21 @@ def create_app(
             health["redis"] = "ok" if plane.store.available else "unreachable"
             health["cluster_calls"] = plane.store.cluster_calls
         return health
+
+    @app.get("/metrics")
+    async def metrics() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
+        if rt.metrics is None:
+            return Response("metrics are off (METRICS_ENABLED=false)\n", 404)
+        return Response(rt.metrics.expose(), 200, content_type=CONTENT_TYPE_LATEST)
+
+    @app.after_request
+    async def count_request(response: Response) -> Response:  # noqa: ASYNC124
+        if rt.metrics is not None:
+            rule = request.url_rule
+            rt.metrics.http_request(
+                rule.rule if rule is not None else "(unmatched)", response.status_code
+            )
+        return response
 
     @app.get("/readyz")
     async def readyz() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
@@ -268,6 +315,8 @@ def create_app(
                     and plane.store is not None
                     and outcome not in {Admission.ANSWERING, Admission.DUPLICATE}
                 )
+                if rt.metrics is not None:
+                    rt.metrics.incoming(outcome)
                 log = (
                     logger.info
                     if outcome in {Admission.ANSWERING, Admission.DUPLICATE}
@@ -359,7 +408,7 @@ def create_app(
         try:
             # Inside the try: a failed or cancelled accept must still report media_done.
             await ws.accept()
-            record.summary = await call_runner(
+            record.summary = await observed_runner(
                 QuartMediaSocket(ws),
                 rt.connect_model if record.predial is None else record.predial.connector(),
                 handle=record.handle,
@@ -374,20 +423,23 @@ def create_app(
 
     if settings.softphone is not None:
         # Off by default: SOFTPHONE=1 adds the page, behind the token in its URL.
-        rt.softphone = SoftphoneCalls()
+        # Browser calls take MAX_CONCURRENT_CALLS slots too (the plane counts them as well).
+        rt.softphone = SoftphoneCalls(full=lambda: not rt.ready)
         install_softphone(
             app,
             settings,
             settings.softphone,
             rt.softphone,
             connect_model=lambda: rt.connect_model,
-            run_call=call_runner,
+            run_call=observed_runner,
             tools=rt.tools,
         )
+        # Never the whole token in a log line: the operator knows it (SOFTPHONE_TOKEN).
         logger.warning(
-            "SOFTPHONE=1: the browser softphone is on at %s%s (the token is its only credential)",
-            settings.require_acs().public_base_url,
-            softphone_path(settings.softphone),
+            "SOFTPHONE=1: the browser softphone is on at %s/softphone/%s…/ "
+            "(SOFTPHONE_TOKEN is its only credential)",
+            settings.require_acs().public_base_url.rstrip("/"),
+            settings.softphone.token[:4],
         )
     return app
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -87,6 +87,8 @@ class ControlPlane:
         #: Shared state (``REDIS_URL``); ``None``: one process, everything in the dicts above.
         self.store = store
         self._cluster_max_calls = cluster_max_calls
+        #: Live calls the plane does not own that share MAX_CONCURRENT_CALLS (browser calls).
+        self.other_calls: Callable[[], int] = lambda: 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -113,7 +115,7 @@ class ControlPlane:
         return (
             self._nursery is not None
             and not self.draining
-            and len(self.calls) < self._max_calls
+            and len(self.calls) + self.other_calls() < self._max_calls
             and (self.store is None or self.store.available)
         )
 
@@ -163,7 +165,7 @@ class ControlPlane:
             return Admission.NOT_READY
         if self.draining:
             return Admission.DRAINING
-        if len(self.calls) >= self._max_calls:
+        if len(self.calls) + self.other_calls() >= self._max_calls:
             return Admission.FULL
         return self._start(incoming, secrets.token_urlsafe(32))
 
@@ -175,7 +177,7 @@ class ControlPlane:
             return Admission.NOT_READY
         if self.draining:
             return Admission.DRAINING
-        if len(self.calls) >= self._max_calls:
+        if len(self.calls) + self.other_calls() >= self._max_calls:
             return Admission.FULL
         if not self.store.available:
             # Known down (logged once): answer 503 at once; the lease loop notices it is back.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
+    ConnectionTimeout,
     HandshakeError,
     WebSocketConnection,
     open_websocket_url,
@@ -32,7 +34,13 @@ from ..call.model_socket import ModelConnector
 from ..config import MODEL_MESSAGE_QUEUE_SIZE, CallLimits, ModelEndpoint
 from ..errors import ModelClosed, ModelConnectError, ModelRejected
 
-__all__ = ["WebsocketModelSocket", "model_connector", "open_model", "retry_after"]
+__all__ = [
+    "WebsocketModelSocket",
+    "describe_connect_failure",
+    "model_connector",
+    "open_model",
+    "retry_after",
+]
 
 
 class WebsocketModelSocket:
@@ -112,7 +120,41 @@ async def open_model(
     except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
         if connected:
             raise
-        raise ModelConnectError(f"cannot connect to {endpoint.provider} model: {exc!r}") from exc
+        cause, text = describe_connect_failure(exc)
+        host = urlsplit(endpoint.url).netloc
+        raise ModelConnectError(
+            f"cannot connect to the {endpoint.provider} model at {host}: {text}", cause=cause
+        ) from exc
+
+
+def describe_connect_failure(exc: BaseException) -> tuple[str, str]:
+    """``(label, text)`` for a failed connect: the root cause, not ``HandshakeError()``.
+
+    trio-websocket raises a bare ``HandshakeError`` whose ``__cause__`` chain holds what really
+    happened (``gaierror``, ``ConnectionRefusedError``, ``SSLError``, its own timeout).
+    """
+    chain: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(chain) < 16:
+        current = todo.pop(0)
+        if current in chain:
+            continue
+        chain.append(current)
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        elif current.__cause__ or current.__context__:
+            todo.append(current.__cause__ or current.__context__)  # type: ignore[arg-type]
+    texts = [str(e) for e in chain if str(e) and not isinstance(e, BaseExceptionGroup)]
+    text = "; ".join(dict.fromkeys(texts)) or type(exc).__name__
+    if any(isinstance(e, ConnectionTimeout | trio.TooSlowError | TimeoutError) for e in chain):
+        return "timeout", f"timed out ({text})"
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return "dns", f"DNS lookup failed ({text})"
+    if any(isinstance(e, ssl.SSLError) for e in chain):
+        return "tls", f"TLS failed ({text})"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "refused", f"connection refused ({text})"
+    return "network", text
 
 
 def retry_after(headers: tuple[tuple[bytes, bytes], ...] | None) -> float | None:

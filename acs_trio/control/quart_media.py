@@ -10,10 +10,12 @@ quart-trio is pinned below 0.14 in pyproject.toml.
 from __future__ import annotations
 
 import contextlib
+from types import TracebackType
 from typing import Any, cast
 
 import trio
 from hypercorn.utils import UnexpectedMessageError
+from quart import has_request_context, has_websocket_context, request, websocket
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIWebsocketConnection
 from quart_trio.wrappers.websocket import TrioWebsocket
@@ -66,6 +68,29 @@ class MediaASGIWebsocketConnection(TrioASGIWebsocketConnection):
 class AcsTrioApp(QuartTrio):
     asgi_websocket_class = MediaASGIWebsocketConnection
     websocket_class = MediaWebsocket
+
+    def log_exception(
+        self,
+        exception_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        """Quart's "Exception on …" line, with the secrets in the path cut short.
+
+        Upstream logs the whole path, and paths here carry secrets (per-call tokens, the
+        softphone's token and media secret).
+        """
+        if has_request_context() or has_websocket_context():
+            where = websocket if has_websocket_context() else request
+            kind = "websocket" if has_websocket_context() else f"request {where.method}"
+            self.logger.error(
+                "Exception on %s %s", kind, redacted_path(where.path), exc_info=exception_info
+            )
+        else:
+            super().log_exception(exception_info)
+
+
+def redacted_path(path: str) -> str:
+    """``path`` with each segment longer than 16 characters (a secret) cut to 4 and "…"."""
+    return "/".join(f"{part[:4]}…" if len(part) > 16 else part for part in path.split("/"))
 
 
 class QuartMediaSocket:

@@ -12,9 +12,12 @@ then lets hypercorn stop.  A second signal stops at once.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
+import socket
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -25,9 +28,19 @@ from hypercorn.trio import serve as hypercorn_serve
 from ..config import GRACEFUL_TIMEOUT_S, WEBSOCKET_MAX_MESSAGE_BYTES, Settings
 from ..errors import ConfigError
 from .app import create_app
+from .logs import configure_logging
 from .quart_media import AcsTrioApp
 
-__all__ = ["Launch", "hypercorn_config", "main", "parser", "prepare", "serve"]
+__all__ = [
+    "Launch",
+    "check_listen_address",
+    "hypercorn_config",
+    "main",
+    "parser",
+    "prepare",
+    "run_server",
+    "serve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +155,51 @@ def prepare(argv: list[str], *, need_model: bool = True) -> Launch | int:
     except ConfigError as exc:
         print(f"acs-trio serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
+    if args.fd is None:  # (a --workers child serves the socket its parent bound)
+        try:
+            check_listen_address(host, port)
+        except ConfigError as exc:
+            print(f"acs-trio serve: {exc}", file=sys.stderr)
+            return 2
+    configure_logging(settings.log_level, settings.observability.log_format)
+    for notice in settings.notices:
+        logger.warning("%s", notice)
     return Launch(settings, host, port, args.workers, args.fd)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Bind (and release) the address hypercorn will bind, so a mistake is one line, up front.
+
+    Raises:
+        ConfigError: HOST does not resolve, or the address is in use or not ours to bind.
+    """
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot listen on {where}: HOST={host!r} does not resolve ({exc.strerror}); "
+            "use an address of this machine, e.g. 0.0.0.0 or 127.0.0.1"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    probe = socket.socket(family, kind, proto)
+    try:
+        # What hypercorn sets too: a socket in TIME_WAIT is no reason to refuse.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+    except OSError as exc:
+        hint = (
+            "another process is listening there: stop it or set PORT (or --port) to a free port"
+            if exc.errno == errno.EADDRINUSE
+            else "set HOST to an address of this machine (0.0.0.0 for all)"
+        )
+        raise ConfigError(
+            f"cannot listen on {where} (HOST/PORT): {exc.strerror or exc}; {hint}"
+        ) from None
+    finally:
+        probe.close()
 
 
 def main(argv: list[str]) -> int:
@@ -179,8 +231,38 @@ def main(argv: list[str]) -> int:
     if launch.fd is not None:
         config.bind = [f"fd://{launch.fd}"]
     app = create_app(launch.settings)
-    trio.run(serve, app, config)
-    return 0
+    return run_server(partial(serve, app, config), launch)
+
+
+def run_server(main: Callable[[], Awaitable[object]], launch: Launch) -> int:
+    """``trio.run(main)``; a failure to listen (lost a race since the check) is one line, rc 2."""
+    code = 0
+    try:
+        trio.run(main)
+    except* OSError as group:
+        match, rest = group.split(_is_listen_error)
+        if rest is not None:
+            raise rest from None
+        assert match is not None
+        exc = _first_leaf(match)
+        where = f"{launch.host}:{launch.port}"
+        print(f"acs-trio serve: cannot listen on {where} (HOST/PORT): {exc}", file=sys.stderr)
+        code = 2
+    return code
+
+
+def _is_listen_error(exc: BaseException) -> bool:
+    return isinstance(exc, socket.gaierror) or (
+        isinstance(exc, OSError)
+        and exc.errno in {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
+    )
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _without_workers(argv: list[str]) -> list[str]:

@@ -115,8 +115,12 @@ class SoftphoneCalls:
     drains it on SIGINT/SIGTERM through :meth:`stop`.
     """
 
-    def __init__(self, max_calls: int = SOFTPHONE_MAX_CALLS) -> None:
+    def __init__(
+        self, max_calls: int = SOFTPHONE_MAX_CALLS, *, full: Callable[[], bool] | None = None
+    ) -> None:
         self.max_calls = max_calls
+        #: On ``acs-trio serve``: True when MAX_CONCURRENT_CALLS (phone + browser) are live.
+        self.full = full
         self.calls: dict[str, BrowserCall] = {}
         self.draining = False
         self._numbers = count(1)
@@ -129,6 +133,8 @@ class SoftphoneCalls:
             return "server is shutting down"
         if len(self.calls) >= self.max_calls:
             return f"{len(self.calls)} browser calls already (SOFTPHONE_MAX_CALLS)"
+        if self.full is not None and self.full():
+            return "the server is full (MAX_CONCURRENT_CALLS)"
         call_id = f"softphone-{next(self._numbers)}-{secrets.token_hex(3)}"
         send, recv = trio.open_memory_channel[CallEvent](SOFTPHONE_EVENT_QUEUE)
         call = BrowserCall(CallHandle(CallIds(call_id)), secrets.token_urlsafe(24), send, recv)
@@ -246,7 +252,9 @@ def install_softphone(
         ws = cast(MediaWebsocket, cast(Any, websocket)._get_current_object())
         try:
             await ws.accept()
-            await _run_events(QuartMediaSocket(ws), call, softphone)
+            await _run_events(
+                QuartMediaSocket(ws), call, softphone, settings.limits.max_bad_messages
+            )
         finally:
             calls.release(call)
         return None
@@ -291,7 +299,7 @@ def install_softphone(
 
 
 async def _run_events(
-    ws: QuartMediaSocket, call: BrowserCall, softphone: SoftphoneSettings
+    ws: QuartMediaSocket, call: BrowserCall, softphone: SoftphoneSettings, max_inbound: int
 ) -> None:
     """Announce the call, forward its events until it ends; a closed page ends the call."""
     handle = call.handle
@@ -299,7 +307,7 @@ async def _run_events(
     media_path = f"/softphone/{softphone.token}/media/{call.media_token}"
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_page, ws, call, nursery.cancel_scope)
+            nursery.start_soon(_watch_page, ws, call, nursery.cancel_scope, max_inbound)
             await _send(
                 ws, {"type": "call", "call_id": handle.ids.call_id, "media_path": media_path}
             )
@@ -326,13 +334,28 @@ async def _run_events(
             await ws.close(1000, "call ended")
 
 
-async def _watch_page(ws: QuartMediaSocket, call: BrowserCall, scope: trio.CancelScope) -> None:
-    """The page sends nothing on this socket; its close (the tab went away) is a hang-up."""
+async def _watch_page(
+    ws: QuartMediaSocket, call: BrowserCall, scope: trio.CancelScope, max_inbound: int
+) -> None:
+    """The page sends nothing on this socket; its close (the tab went away) is a hang-up.
+
+    Whatever it sends is ignored, up to ``max_inbound`` messages (``CallLimits.max_bad_messages``, the
+    media socket's bad-input limit); past that the call fails, as for junk on the media socket.
+    """
+    received = 0
     while True:
         try:
             await ws.receive()  # ignored: the side channel is one-way
         except MediaClosed:
             call.handle.end(EndReason.CALLER_HUNG_UP, "the page's event socket closed")
+            scope.cancel()
+            return
+        received += 1
+        if received > max_inbound:
+            call.handle.end(
+                EndReason.ACS_PROTOCOL_ERROR,
+                f"the page sent {received} messages on its one-way event socket",
+            )
             scope.cancel()
             return
 

@@ -24,6 +24,7 @@ from ..config import HANG_UP_FIRST_RETRY_S, HANG_UP_MAX_RETRY_S, ControlTimeouts
 from ..errors import AcsRestError
 from ..wire.webhook import IncomingCall
 from .acs_rest import AcsRest
+from .logs import call_context
 
 __all__ = ["CallRecord", "CallSupervisor", "wait_any"]
 
@@ -87,6 +88,10 @@ class CallSupervisor:
 
     async def run(self, record: CallRecord, *, callback_url: str, transport_url: str) -> None:
         """One call's whole life.  Nothing but Cancelled escapes: the nursery is every call's."""
+        with call_context(record.handle):
+            await self._run(record, callback_url=callback_url, transport_url=transport_url)
+
+    async def _run(self, record: CallRecord, *, callback_url: str, transport_url: str) -> None:
         try:
             if record.adopted or await self._answer(record, callback_url, transport_url):
                 await self._follow(record)

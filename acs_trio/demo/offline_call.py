@@ -149,7 +149,13 @@ async def run_demo(
             )
             fd, port = _reserve_port()
             server_url = f"http://127.0.0.1:{port}"
-            env = {**acs.server_env(server_url), "REALTIME_URL": peer_url, **DEMO_ENV}
+            env = {
+                **acs.server_env(server_url),
+                "REALTIME_URL": peer_url,
+                **DEMO_ENV,
+                # The server's own recording (the production recorder, same code path).
+                "RECORDINGS_DIR": str(out_dir / "recordings"),
+            }
             settings = Settings.from_env(env)  # the real environment parsing path
             # The server's REST/JWKS client must trust the simulator's CA.  Instead of setting
             # SSL_CERT_FILE in os.environ (what a separate server process would do), the demo hands
@@ -180,7 +186,18 @@ async def run_demo(
     result.vad_silence_duration_ms = settings.agent.vad_silence_duration_ms
     result.failure = _failure(result)
     await trio.to_thread.run_sync(write_outputs, result, scratch)
+    result.files.update(await trio.to_thread.run_sync(_server_recording, out_dir / "recordings"))
     return result
+
+
+def _server_recording(directory: Path) -> dict[str, Path]:
+    """The server recorder's files for the demo call (the newest call in ``directory``)."""
+    found: dict[str, Path] = {}
+    for suffix in ("wav", "transcript.jsonl", "summary.json"):
+        paths = sorted(directory.glob(f"*/*.{suffix}"))
+        if paths:
+            found[f"server.{suffix}"] = paths[-1]
+    return found
 
 
 def _failure(result: DemoResult) -> str | None:
@@ -328,6 +345,9 @@ def summary_text(result: DemoResult) -> str:
         "call.wav": "stereo: caller left, agent right (as heard)",
         "report.json": "simulator report, what the peer saw, the server's call summary",
         "timeline.png": "picture of the call",
+        "server.wav": "the server's recording: caller left (bit-exact), agent right as heard",
+        "server.transcript.jsonl": "the server's transcript: speech, answers, barge-ins",
+        "server.summary.json": "the server's call summary",
     }
     lines.extend(f"  {path}  {what[name]}" for name, path in result.files.items())
     return "\n".join(lines)

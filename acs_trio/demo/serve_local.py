@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from functools import partial
 
 import trio
 
 from ..config import ModelEndpoint
 from ..control.app import create_app
-from ..control.server import Launch, hypercorn_config, prepare, serve
+from ..control.server import Launch, hypercorn_config, prepare, run_server, serve
 from ..testing.realtime import serve_local_peer
 
 __all__ = ["main"]
@@ -26,8 +27,7 @@ def main(argv: list[str]) -> int:
     launch = prepare([arg for arg in argv if arg != "--local-peer"], need_model=False)
     if isinstance(launch, int):
         return launch
-    trio.run(_serve, launch)
-    return 0
+    return run_server(partial(_serve, launch), launch)
 
 
 async def _serve(launch: Launch) -> None:

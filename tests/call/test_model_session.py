@@ -99,8 +99,11 @@ async def test_three_failed_responses_in_a_row_end_the_call(
     assert summary.failed_responses == 5
     assert summary.duration_s == 5
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert sum("server_error/rate_limit_exceeded: Rate limit" in w for w in warnings) == 4
-    assert sum("incomplete: content_filter" in w for w in warnings) == 1
+    # One WARNING per failed response, and the ending itself (not caused by the caller).
+    responses = [w for w in warnings if "ending call:" not in w]
+    assert sum("server_error/rate_limit_exceeded: Rate limit" in w for w in responses) == 4
+    assert sum("incomplete: content_filter" in w for w in responses) == 1
+    assert sum("ending call: model_error 3 responses in a row failed" in w for w in warnings) == 1
 
 
 # --- 2. reconnect ---------------------------------------------------------------------------

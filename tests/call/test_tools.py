@@ -6,6 +6,7 @@ The model is :class:`FakeModel` (GA events over an in-memory trio-websocket); AC
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -79,6 +80,28 @@ async def slow() -> str:
 
 
 TOOLS: Sequence[Tool] = (order_status, broken, slow)
+
+
+@tool
+async def dump(rows: int) -> list[str]:
+    """Returns ``rows`` rows, or fails with all of them in its message."""
+    table = [f"row {i:05d}" for i in range(rows)]
+    if rows > 1000:
+        raise ToolError(f"too many rows: {table}")
+    return table
+
+
+#: Released at the end of the story that uses ``hangs``, so its threads finish.
+HANG = threading.Event()
+HUNG_THREADS: list[str] = []
+
+
+@tool(timeout_s=1)
+def hangs() -> str:
+    """Blocks its thread (a network call without a timeout)."""
+    HUNG_THREADS.append(threading.current_thread().name)
+    HANG.wait(30)
+    return "too late"
 
 
 @dataclass
@@ -339,6 +362,31 @@ async def test_a_barge_in_does_not_cancel_a_tool(
     await call.ended()
 
 
+async def test_a_result_ready_while_the_caller_talks_waits_for_the_turns_response(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """No response.create while the caller speaks or server VAD is about to answer the turn:
+    the model would talk over the caller, and server VAD's own response would collide with ours
+    (``conversation_already_has_active_response``)."""
+    call = await start_call(nursery)
+    model = call.model
+    t0 = trio.current_time()
+    [call_id] = await model.call_tools(("order_status", '{"order_id": "A1001"}'))
+    await trio.sleep(0.1)
+    await model.speech_started()  # the caller is still talking when the lookup ends at 0.5
+    await trio.sleep_until(t0 + 0.8)
+    await model.speech_stopped()  # server VAD commits the turn and will create a response
+    await trio.sleep(0.1)
+    assert model.tool_traffic() == [(t0 + 0.5, f"output:{call_id}")]
+    response_id, item_id = await model.start_response()
+    await model.audio_delta(response_id, item_id, pcm_tone(100))
+    await model.finish_response(response_id, item_id)
+    await wait_all_tasks_blocked()
+    assert model.tool_traffic()[-1] == (t0 + 0.9, "response.create")
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
 async def test_concurrency_cap_and_time_budget(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -361,6 +409,55 @@ async def test_concurrency_cap_and_time_budget(
     assert model.outputs()[fourth] == {
         "error": "refused: this call has used its tool time; no more tool calls"
     }
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
+async def test_hung_sync_tools_are_bounded_per_call_and_spare_the_process_threads(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An abandoned worker thread keeps running: it holds one of its call's own thread slots
+    (``max_concurrent_tools``), never trio's process-wide default limiter, which DNS lookups
+    (``getaddrinfo``) of every other call share."""
+    autojump_clock.autojump_threshold = 0.05  # let the worker threads start in real time
+    HANG.clear()
+    HUNG_THREADS.clear()
+    default_threads = trio.to_thread.current_default_thread_limiter()
+    call = await start_call(nursery, tools=(hangs,), actions=ActionSettings(max_concurrent_tools=2))
+    for _ in range(3):
+        [call_id] = await call.model.call_tools(("hangs", "{}"))
+        await trio.sleep(1.5)
+        assert call.model.outputs()[call_id] == {
+            "error": "timeout: the tool did not finish within 1 s"
+        }
+    # Two abandoned threads still block; the third call waited for a slot and timed out.
+    assert len(HUNG_THREADS) == 2
+    assert default_threads.borrowed_tokens == 0
+    HANG.set()
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
+async def test_what_goes_back_to_the_model_is_capped(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A result over ``max_tool_output_chars`` is an error; so is an error message over it cut."""
+    call = await start_call(
+        nursery, tools=(dump,), actions=ActionSettings(max_tool_output_chars=500)
+    )
+    ids = await call.model.call_tools(("dump", '{"rows": 3}'), ("dump", '{"rows": 100}'))
+    [huge] = await call.model.call_tools(("dump", '{"rows": 5000}'))
+    await trio.sleep(1)
+    outputs = call.model.outputs()
+    assert outputs[ids[0]] == ["row 00000", "row 00001", "row 00002"]
+    assert outputs[ids[1]] == {"error": "tool failed: result too large (1300 chars)"}
+    sent = {
+        m["item"]["call_id"]: m["item"]["output"]
+        for m in call.model.events("conversation.item.create")
+        if m["item"]["type"] == "function_call_output"
+    }
+    assert len(sent[huge]) <= 500
+    assert outputs[huge]["error"].startswith("tool error: too many rows: ['row 00000', ")
     call.handle.end(EndReason.CALL_DISCONNECTED)
     await call.ended()
 
@@ -464,6 +561,29 @@ async def test_a_goodbye_the_caller_interrupts_does_not_hang_up(
     await call.ended()
 
 
+async def test_a_goodbye_interrupted_while_it_plays_does_not_hang_up(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The response completed (audio arrives faster than it plays), then the caller speaks over
+    the goodbye still playing at ACS: the caller is not hung up on mid-sentence."""
+    call = await start_call(nursery)
+    model = call.model
+    t0 = trio.current_time()
+    response_id, item_id = await model.start_response()
+    await model.audio_delta(response_id, item_id, pcm_tone(1000))
+    call_id = await model.function_call(response_id, "end_call", "{}")
+    await model.finish_response(response_id, item_id)  # completed at t0: 1 s still to play
+    await trio.sleep_until(t0 + 0.3)
+    await model.speech_started()  # "wait, one more thing"
+    await trio.sleep(2)
+    assert not call.handle.end_requested.is_set()
+    assert call.model.outputs()[call_id] == {
+        "error": "refused: the caller interrupted; the call goes on"
+    }
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
 async def test_a_goodbye_that_never_ends_is_bounded(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -556,6 +676,30 @@ async def test_keys_then_hash_become_one_user_item(
     call.handle.end(EndReason.CALL_DISCONNECTED)
     summary = await call.ended()
     assert summary.dtmf_entries == 1
+
+
+async def test_a_response_lost_with_its_session_does_not_block_the_next_ones(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The model connection drops after our response.create, before response.created: the new
+    session has no response in progress, so a keypad entry is answered at once."""
+    call = await start_call(nursery)
+    model = call.model
+    await model.call_tools(("order_status", '{"order_id": "A1001"}'))
+    await trio.sleep(0.6)
+    assert model.tool_traffic()[-1][1] == "response.create"
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    await trio.sleep(1)  # the new session is configured
+    t1 = trio.current_time()
+    await call.acs.send_dtmf("7")
+    await call.acs.send_dtmf("#")
+    await wait_all_tasks_blocked()
+    second = [m["type"] for t, m in model.connections[1].messages if t >= t1]
+    assert second == ["conversation.item.create", "response.create"]
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
 
 
 async def test_keys_without_terminator_are_sent_after_the_inter_digit_timeout(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -21,14 +21,18 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 from trio.testing import wait_all_tasks_blocked
 
 from acs_trio.config import (
+    SOFTPHONE_MAX_CALLS,
     SOFTPHONE_MEDIA_CONNECT_S,
     AgentSettings,
+    CallLimits,
     Settings,
     SoftphoneSettings,
 )
 from acs_trio.control.app import create_app
 from acs_trio.control.softphone import create_phone_app
 from acs_trio.errors import ConfigError
+from tests.acs_service import FakeAcsService, incoming_call_event
+from tests.control.test_app import StandInCalls, settings as acs_settings
 from tests.fakes import FakeModel, pcm_tone
 
 TOKEN = "t" * 32
@@ -146,12 +150,12 @@ def acs_env() -> dict[str, str]:
     return {
         "ACS_CONNECTION_STRING": "endpoint=https://acs.test/;accesskey=QUJDRA==",
         "PUBLIC_BASE_URL": "https://bot.test",
-        "ACS_RESOURCE_ID": "res-1",
+        "ACS_RESOURCE_ID": "6b0c6a0e-0000-4000-8000-000000000001",
         "REALTIME_URL": "ws://127.0.0.1:1/v1/realtime",
     }
 
 
-async def test_serve_has_no_softphone_unless_enabled() -> None:
+async def test_serve_has_no_softphone_unless_enabled(caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings.from_env(acs_env())
     assert settings.softphone is None
     async with create_app(settings).test_app() as test_app:
@@ -166,11 +170,16 @@ async def test_serve_has_no_softphone_unless_enabled() -> None:
         client = test_app.test_client()
         assert (await client.get(f"{PAGE}/")).status_code == 200
         assert (await client.get(f"/softphone/{'x' * 32}/")).status_code == 403
+    # The start-up line names the URL, but never the whole token (logs are not secret).
+    started = [r.getMessage() for r in caplog.records if "SOFTPHONE=1" in r.getMessage()]
+    assert started and "https://bot.test/softphone/tttt…/" in started[0]
+    assert not [r for r in caplog.records if TOKEN in r.getMessage()]
 
 
 def test_softphone_settings_fail_closed() -> None:
-    generated = Settings.from_env({"SOFTPHONE": "1"}).softphone
-    assert generated is not None and len(generated.token) >= 22
+    # serve cannot show a generated token without logging it: the operator must choose one.
+    with pytest.raises(ConfigError, match="SOFTPHONE=1 needs SOFTPHONE_TOKEN"):
+        Settings.from_env({"SOFTPHONE": "1"})
     with pytest.raises(ConfigError, match="SOFTPHONE_TOKEN must be at least 22"):
         Settings.from_env({"SOFTPHONE": "1", "SOFTPHONE_TOKEN": "short"})
     with pytest.raises(ConfigError, match="SOFTPHONE_TOKEN must be at least 22"):
@@ -376,4 +385,86 @@ async def test_shutdown_ends_browser_calls(
         ended = await events_until(events, "call_ended")
         assert ended[-1]["reason"] == "shutdown"
         # Draining: no new call.
+        assert await refusal(p.client, f"{PAGE}/events") == 503
+
+
+async def test_an_unexpected_error_is_logged_without_the_tokens(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken_run_call(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in the call")
+
+    model = FakeModel(nursery)
+    app = create_phone_app(
+        Settings(), SoftphoneSettings(token=TOKEN), model.connect, run_call=broken_run_call
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket(f"{PAGE}/events") as events:
+            hello = await next_event(events)
+            secret = hello["media_path"].rpartition("/")[2]
+            async with client.websocket(hello["media_path"]) as media:
+                with pytest.raises(WebsocketDisconnectError):
+                    await media.receive()
+    # Quart's own "Exception on websocket <path>" line: the path is there, its secrets are not.
+    errors = [r for r in caplog.records if "Exception on websocket" in r.getMessage()]
+    assert errors and errors[0].getMessage().endswith("/softphone/tttt…/media/" + secret[:4] + "…")
+    assert not [r for r in caplog.records if TOKEN in r.getMessage() or secret in r.getMessage()]
+
+
+async def test_browser_calls_count_against_max_concurrent_calls(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a deployed server a browser call takes one of the MAX_CONCURRENT_CALLS slots."""
+    acs, stand_in = FakeAcsService(), StandInCalls()
+    app = create_app(
+        replace(acs_settings(max_calls=1), softphone=SoftphoneSettings(token=TOKEN)),
+        http_transport=acs.transport,
+        run_call=stand_in.run_call,
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket(f"{PAGE}/events") as events:
+            assert (await next_event(events))["type"] == "call"
+            # The only slot is the browser's: a phone call is not answered, and not ready.
+            assert (await client.get("/readyz")).status_code == 503
+            await client.post("/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")])
+            await wait_all_tasks_blocked()
+            assert acs.answers == []
+            assert "full" in caplog.text
+        await wait_all_tasks_blocked()  # the page left: its call ended and was released
+        await client.post("/api/incomingCall", json=[incoming_call_event("e-2", "ctx-2")])
+        await wait_all_tasks_blocked()
+        assert len(acs.answers) == 1
+        # Now the phone call has the slot: no browser call.
+        assert await refusal(client, f"{PAGE}/events") == 503
+        assert "MAX_CONCURRENT_CALLS" in caplog.text
+
+
+async def test_a_page_flooding_its_one_way_event_socket_fails_its_call(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The side channel is one-way: past the bad-message limit, input there ends the call."""
+    async with phone(nursery) as p, p.events() as events:
+        hello = await next_event(events)
+        async with p.client.websocket(hello["media_path"]) as media:
+            await media.send(metadata())
+            await p.model.connected.wait()
+            for _ in range(CallLimits().max_bad_messages):
+                await events.send("x" * 1000)
+            await wait_all_tasks_blocked()
+            assert p.model.seen.closed is None  # up to the limit the page's chatter is ignored
+            await events.send("x" * 1000)
+            assert await close_code(media) == 1007
+        assert p.model.seen.closed is not None
+        assert p.model.seen.closed.reason == "call ended: acs_protocol_error"
+
+
+async def test_at_most_softphone_max_calls_browser_calls(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with phone(nursery) as p, AsyncExitStack() as stack:
+        for _ in range(SOFTPHONE_MAX_CALLS):
+            events = await stack.enter_async_context(p.events())
+            assert (await next_event(events))["type"] == "call"
         assert await refusal(p.client, f"{PAGE}/events") == 503

@@ -74,7 +74,13 @@ async def test_offline_demo_call(tmp_path: Path, caller_wav: Path) -> None:
     options = CallOptions(barge_in=True, barge_in_delay_s=0.8, lead_in_s=0.2, quiet_s=0.4)
     result = await demo.run_demo(out, wav=caller_wav, options=options)
     assert result.ok, result.failure
-    assert sorted(p.name for p in out.iterdir()) == ["call.wav", "report.json", "timeline.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "call.wav",
+        "recordings",
+        "report.json",
+        "timeline.png",
+    ]
+    check_server_recording(out / "recordings")
 
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     sim, [peer], server = report["simulator"], report["peer"], report["server"]
@@ -127,6 +133,25 @@ async def test_offline_demo_call(tmp_path: Path, caller_wav: Path) -> None:
     assert "OK" in text and "not a language model" in text
     assert "server end reason agent_hung_up" in text and "called end_call" in text
     assert f"audio_end_ms={truncation['audio_end_ms']}" in text
+
+
+def check_server_recording(directory: Path) -> None:
+    """The server's own recorder wrote the call (the production code path, RECORDINGS_DIR)."""
+    [wav] = directory.glob("*/*.wav")
+    rate, stereo = demo.read_stereo(wav)
+    assert rate == RATE
+    # The caller's first utterance is on the left exactly as the simulator sent it.
+    assert tone(UTTERANCE_1_S)[: RATE // 2].tobytes() in stereo[:, 0].tobytes()
+    lines = [
+        json.loads(line) for line in wav.with_suffix(".transcript.jsonl").read_text().splitlines()
+    ]
+    kinds = [line["type"] for line in lines]
+    assert kinds[0] == "call_started" and kinds[-1] == "call_ended"
+    assert kinds.count("barge_in") == 1
+    agent = [line["text"] for line in lines if line.get("role") == "agent"]
+    assert agent[0] == "Hi, test agent here. How can I help?"
+    summary = json.loads(wav.with_suffix(".summary.json").read_text())
+    assert summary["end_reason"] == "agent_hung_up"  # the peer says goodbye with end_call
 
 
 def test_bad_wav_is_refused_before_anything_starts(tmp_path: Path) -> None:

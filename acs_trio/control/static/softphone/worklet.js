@@ -93,18 +93,22 @@ class CaptureProcessor extends AudioWorkletProcessor {
 }
 
 // 24 kHz PCM16 frames from the server -> speakers, through a small jitter buffer.
-// Playback starts once `prebufferFrames` frames are queued (and again after an underrun);
+// Playback starts once `prebufferFrames` frames are queued, or once fewer have waited as long
+// (the end of a response), and again after an underrun;
 // {type: "flush"} (StopAudio) empties the queue at once.
 class PlaybackProcessor extends AudioWorkletProcessor {
   constructor(options) {
     super();
     const opts = (options && options.processorOptions) || {};
-    this.prebuffer = (opts.prebufferFrames || 2) * FRAME_SAMPLES;
-    this.maxQueued = (opts.maxQueuedFrames || 500) * FRAME_SAMPLES; // 10 s: bounded memory
+    // The queue counts samples at the context rate: a 20 ms frame is FRAME_SAMPLES * ratio.
+    const frameAtContextRate = FRAME_SAMPLES * (sampleRate / CALL_RATE);
+    this.prebuffer = (opts.prebufferFrames || 2) * frameAtContextRate;
+    this.maxQueued = (opts.maxQueuedFrames || 500) * frameAtContextRate; // 10 s: bounded memory
     this.chunks = []; // Float32Array at the context rate
     this.offset = 0; // read position in chunks[0]
     this.queued = 0; // samples at the context rate
     this.playing = false;
+    this.waitingSince = null; // audio clock time the queued, not yet playing audio arrived
     this.resampler = new Resampler(CALL_RATE, sampleRate);
     this.ratio = sampleRate / CALL_RATE;
     this.stats = { framesIn: 0, framesPlayed: 0, underruns: 0, flushes: 0, dropped: 0 };
@@ -121,6 +125,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.resampler.process(floats, (s) => out.push(s));
       this.chunks.push(Float32Array.from(out));
       this.queued += out.length;
+      if (!this.playing && this.waitingSince === null) this.waitingSince = currentTime;
       this.stats.framesIn++;
       while (this.queued > this.maxQueued && this.chunks.length > 1) {
         const dropped = this.chunks.shift();
@@ -134,6 +139,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.offset = 0;
       this.queued = 0;
       this.playing = false;
+      this.waitingSince = null;
       this.stats.flushes++;
       this.port.postMessage({
         type: "flushed",
@@ -147,8 +153,12 @@ class PlaybackProcessor extends AudioWorkletProcessor {
 
   process(inputs, outputs) {
     const out = outputs[0][0];
-    if (!this.playing && this.queued >= this.prebuffer) {
+    // Start at the prebuffer, or once audio short of it has waited as long (a response's end).
+    const waited =
+      this.waitingSince !== null && currentTime - this.waitingSince >= this.prebuffer / sampleRate;
+    if (!this.playing && this.queued > 0 && (this.queued >= this.prebuffer || waited)) {
       this.playing = true;
+      this.waitingSince = null;
       this.port.postMessage({ type: "playing", time: currentTime, stats: this.stats });
     }
     let written = 0;
