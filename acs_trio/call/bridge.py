@@ -53,7 +53,6 @@ from .caller_audio import CallerAudio
 from .conversation import Conversation
 from .conversation_store import Turn
 from .dtmf import DtmfCollector, dtmf_text
-from .events import CallEvent, CallEventSink
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
 from .model_session import RETRYABLE_ERROR_CODES, Backoff, EventIds, configure_session, is_retryable
@@ -85,19 +84,17 @@ async def run_call(
     limits: CallLimits,
     tools: Sequence[Tool] = (),
     actions: ActionSettings | None = None,
-    events: CallEventSink | None = None,
 ) -> CallSummary:
     """Bridge one call until it ends; see the module docstring.
 
     ``tools`` are the custom tools offered to the model (besides the built-in ``end_call`` and,
     with ``actions.transfer_target``, ``transfer_call``); ``actions`` sets their limits and the
-    keypad (DTMF) handling (docs/tools.md).  ``events``, if given, is called with each
-    :data:`~acs_trio.call.events.CallEvent` (transcripts, latencies, barge-ins, the end); it must
-    not block or raise.
+    keypad (DTMF) handling (docs/tools.md).  What happens in the call is reported to
+    ``handle.observer`` (:mod:`acs_trio.call.observer`).
 
     Never raises, except ``trio.Cancelled`` from an enclosing scope (after the same cleanup).
     """
-    bridge = _CallBridge(media, handle, agent, limits, events)
+    bridge = _CallBridge(media, handle, agent, limits)
     bridge.add_actions(tools, actions or ActionSettings())
     return await bridge.run(connect_model)
 
@@ -124,10 +121,8 @@ class _CallBridge:
         handle: CallHandle,
         agent: AgentSettings,
         limits: CallLimits,
-        events: CallEventSink | None = None,
     ) -> None:
         self.media = media
-        self.events = events
         self.handle = handle
         self.agent = agent
         self.limits = limits
@@ -154,7 +149,6 @@ class _CallBridge:
             lead_ms=limits.playout_lead_ms,
             cut_line=self.agent_audio.cut_line,
             observer=self.observer,
-            events=events,
         )
         # Cancelled by end(); created up front so an early end applies the moment they are entered.
         self.acs_scope = trio.CancelScope()
@@ -231,7 +225,6 @@ class _CallBridge:
     async def run(self, connect_model: ModelConnector) -> CallSummary:
         self.log.info("call started")
         self.observer.on_start(self.handle.ids, self.summary.started_at)
-        self.emit({"type": "call_started", "call_id": self.handle.ids.call_id})
         self.handle.bind(self.on_end)
         try:
             async with trio.open_nursery() as nursery:
@@ -253,16 +246,8 @@ class _CallBridge:
             summary.end_reason, summary.end_detail = reason, detail
             self.log.info("call ended %s", summary.log_fields(), extra=summary.log_extra())
             self.observer.on_end(summary)
-            self.emit(_ended_event(summary))
             self.handle.finished.set()
         return summary
-
-    def emit(self, event: CallEvent) -> None:
-        if self.events is not None:
-            self.events(event)
-
-    def emit_transcript(self, role: str, item_id: str, text: str) -> None:
-        self.emit({"type": "transcript", "role": role, "item_id": item_id, "text": text})
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         if self.handle.end_request is None:
@@ -675,7 +660,6 @@ class _CallBridge:
             self.caller_speaking = False
             self.answer_owed = True
             self.summary.turns += 1
-            self.emit({"type": "speech_stopped", "turn": self.summary.turns})
             self.playout.expect_answer(now, self.agent_audio.latest_seq)
         elif isinstance(event, rt.ResponseCreated):
             self.agent_audio.seq_of(event.response_id)
@@ -699,14 +683,16 @@ class _CallBridge:
             self.conversation.agent_delta(event.item_id, event.delta)
         elif isinstance(event, rt.OutputTranscript):
             self.conversation.agent_said(event.item_id, event.transcript)
-            self.observer.on_transcript("agent", event.transcript, trio.current_time())
+            self.observer.on_transcript(
+                "agent", event.transcript, trio.current_time(), item_id=event.item_id
+            )
             self.save_conversation()
-            self.emit_transcript("agent", event.item_id, event.transcript)
         elif isinstance(event, rt.InputTranscript):
             self.conversation.caller_said(event.item_id, event.transcript)
-            self.observer.on_transcript("caller", event.transcript, trio.current_time())
+            self.observer.on_transcript(
+                "caller", event.transcript, trio.current_time(), item_id=event.item_id
+            )
             self.save_conversation()
-            self.emit_transcript("caller", event.item_id, event.transcript)
 
     def on_model_error(self, event: rt.ErrorEvent) -> None:
         self.summary.model_errors += 1
@@ -751,11 +737,10 @@ class _CallBridge:
 
     async def on_speech_started(self, ws: ModelSocket) -> None:
         self.last_speech = trio.current_time()
-        self.observer.on_caller_speech(True, self.last_speech)
         # Every response so far is now interrupted: none of its audio may reach the caller.
         self.agent_audio.cut_all()
         cut = self.playout.interrupt()
-        self.emit({"type": "speech_started", "barge_in": cut is not None})
+        self.observer.on_caller_speech(True, self.last_speech, barge_in=cut is not None)
         if cut is not None:
             self.summary.barge_ins += 1
             self.log.info(
@@ -876,17 +861,3 @@ class _CallBridge:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         self.tool_runner.want_response()
-
-
-def _ended_event(summary: CallSummary) -> CallEvent:
-    return {
-        "type": "call_ended",
-        "reason": summary.end_reason.value,
-        "detail": summary.end_detail,
-        "duration_s": round(summary.duration_s, 3),
-        "turns": summary.turns,
-        "barge_ins": summary.barge_ins,
-        "frames_in": summary.frames_in,
-        "frames_out": summary.frames_out,
-        "bad_acs_messages": summary.bad_acs_messages,
-    }

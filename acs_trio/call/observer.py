@@ -2,11 +2,13 @@
 
 The bridge and the playout call these hooks at the few points where something an operator cares
 about happens (a frame in, a frame out, StopAudio, a time to first audio, a transcript line, the
-end).  The implementations — Prometheus metrics and the call recorder — live in
-:mod:`acs_trio.control` (``metrics.py``, ``recording.py``), so this layer imports neither
-prometheus-client nor any file I/O, and a call without observers pays one no-op method call per
-hook.  The control plane attaches one observer per call to ``CallHandle.observer`` before
-``run_call``.
+end).  It is the call's only reporting seam.  The implementations — Prometheus metrics, the call
+recorder and the softphone page's event stream — live in :mod:`acs_trio.control`
+(``metrics.py``, ``recording.py``, ``softphone.py``), so this layer imports neither
+prometheus-client nor any file I/O nor a socket, and a call without observers pays one no-op
+method call per hook.  The control plane attaches one observer per call to
+``CallHandle.observer`` before ``run_call`` (``control/observe.py`` fans one call's hooks out to
+several).
 
 Rules for implementations: every hook is synchronous and is called from the call's own tasks
 (no checkpoint, so no interleaving with the call); it must return quickly (the per-frame hooks run
@@ -51,11 +53,19 @@ class CallObserver(Protocol):
     def on_ttfa(self, ms: float, *, greeting: bool) -> None:
         """Time to first audio of a turn's answer (or of the greeting)."""
 
-    def on_caller_speech(self, started: bool, at: float) -> None:
-        """The model's VAD: the caller started (True) or stopped (False) speaking."""
+    def on_caller_speech(self, started: bool, at: float, *, barge_in: bool = False) -> None:
+        """The model's VAD: the caller started (True) or stopped (False) speaking.
 
-    def on_transcript(self, role: str, text: str, at: float) -> None:
-        """A finished transcript line; ``role`` is ``"caller"`` or ``"agent"``."""
+        ``barge_in`` (with ``started``): agent audio was playing or queued and is now cut; a
+        StopAudio follows (:meth:`on_stop_audio`).  Each ``started=False`` is one more turn
+        (``CallSummary.turns``).
+        """
+
+    def on_transcript(self, role: str, text: str, at: float, *, item_id: str) -> None:
+        """A finished transcript line; ``role`` is ``"caller"`` or ``"agent"``.
+
+        ``item_id`` is the Realtime conversation item it belongs to.
+        """
 
     def on_tool_call(self, name: str, ok: bool, duration_ms: float, at: float) -> None:
         """A tool call finished (the tools code calls this; see docs/operations.md)."""
@@ -85,10 +95,10 @@ class NullObserver:
     def on_ttfa(self, ms: float, *, greeting: bool) -> None:
         pass
 
-    def on_caller_speech(self, started: bool, at: float) -> None:
+    def on_caller_speech(self, started: bool, at: float, *, barge_in: bool = False) -> None:
         pass
 
-    def on_transcript(self, role: str, text: str, at: float) -> None:
+    def on_transcript(self, role: str, text: str, at: float, *, item_id: str) -> None:
         pass
 
     def on_tool_call(self, name: str, ok: bool, duration_ms: float, at: float) -> None:

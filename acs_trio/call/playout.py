@@ -30,7 +30,6 @@ import trio
 from ..errors import MediaClosed
 from ..wire.acs_media import STOP_AUDIO, encode_audio_data
 from .agent_audio import CutLine, OutboundFrame
-from .events import CallEventSink
 from .lifecycle import CallSummary
 from .media_socket import MediaSocket
 from .observer import NULL_OBSERVER, CallObserver
@@ -89,10 +88,8 @@ class Playout:
         lead_ms: int,
         cut_line: CutLine | None = None,
         observer: CallObserver = NULL_OBSERVER,
-        events: CallEventSink | None = None,
     ) -> None:
         self._media = media
-        self._events = events
         self._frames = frames
         self._summary = summary
         self._lead_s = lead_ms / 1000
@@ -261,22 +258,10 @@ class Playout:
             summary.greeting_ttfa_ms = (written - self._greeting_since) * 1000
             self._greeting_since = None
             self._observer.on_ttfa(summary.greeting_ttfa_ms, greeting=True)
-            if self._events is not None:
-                self._events(
-                    {
-                        "type": "latency",
-                        "metric": "greeting_ttfa",
-                        "ms": round(summary.greeting_ttfa_ms, 1),
-                    }
-                )
         if self._answer_wait is not None and frame.response_seq > self._answer_wait[1]:
             summary.ttfa_ms.append((written - self._answer_wait[0]) * 1000)
             self._answer_wait = None
             self._observer.on_ttfa(summary.ttfa_ms[-1], greeting=False)
-            if self._events is not None:
-                self._events(
-                    {"type": "latency", "metric": "ttfa", "ms": round(summary.ttfa_ms[-1], 1)}
-                )
 
     async def _write_stop_audio(self) -> None:
         assert self._stop_since is not None
@@ -286,5 +271,3 @@ class Playout:
         latency_ms = (now - since) * 1000
         self._summary.barge_in_latency_ms.append(latency_ms)
         self._observer.on_stop_audio(now, latency_ms, self._flushed_ms)
-        if self._events is not None:
-            self._events({"type": "latency", "metric": "barge_in", "ms": round(latency_ms, 1)})

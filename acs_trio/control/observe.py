@@ -1,10 +1,11 @@
-"""One call's observers (metrics, recording) and log context, around ``run_call``.
+"""One call's observers (metrics, recording, a browser page) and log context, around ``run_call``.
 
 :func:`observe_call` is what the media route wraps each call in: it puts the call's ids on every
 log line (:func:`~acs_trio.control.logs.call_context`), attaches a
-:class:`~acs_trio.call.observer.CallObserver` to the call's handle — metrics, the recorder, both
-(:class:`Tee`) or none — and, with recordings on, owns the recorder's writer thread so the files
-are closed however the call ends.
+:class:`~acs_trio.call.observer.CallObserver` to the call's handle — metrics, the recorder and,
+for a browser call, the page's event stream (control/softphone.py), fanned out by :class:`Tee`,
+or none — and, with recordings on, owns the recorder's writer thread so the files are closed
+however the call ends.
 """
 
 from __future__ import annotations
@@ -78,11 +79,11 @@ class Tee:
     def on_ttfa(self, ms: float, *, greeting: bool) -> None:
         self._each(lambda o: o.on_ttfa(ms, greeting=greeting))
 
-    def on_caller_speech(self, started: bool, at: float) -> None:
-        self._each(lambda o: o.on_caller_speech(started, at))
+    def on_caller_speech(self, started: bool, at: float, *, barge_in: bool = False) -> None:
+        self._each(lambda o: o.on_caller_speech(started, at, barge_in=barge_in))
 
-    def on_transcript(self, role: str, text: str, at: float) -> None:
-        self._each(lambda o: o.on_transcript(role, text, at))
+    def on_transcript(self, role: str, text: str, at: float, *, item_id: str) -> None:
+        self._each(lambda o: o.on_transcript(role, text, at, item_id=item_id))
 
     def on_tool_call(self, name: str, ok: bool, duration_ms: float, at: float) -> None:
         self._each(lambda o: o.on_tool_call(name, ok, duration_ms, at))
@@ -95,15 +96,22 @@ class Tee:
 async def observe_call(
     handle: CallHandle, *, metrics: Metrics | None, recordings_dir: Path | None
 ) -> AsyncIterator[None]:
-    """Attach the observers to ``handle`` for the block (the call); see the module docstring."""
+    """Attach the observers to ``handle`` for the block (the call); see the module docstring.
+
+    An observer already on the handle (a browser call's page, control/softphone.py) is kept and
+    hears every hook first.
+    """
+    attached: list[CallObserver] = [] if handle.observer is NULL_OBSERVER else [handle.observer]
     with call_context(handle):
         if recordings_dir is None:
-            handle.observer = NULL_OBSERVER if metrics is None else Tee(metrics.call(handle))
+            if metrics is not None:
+                attached.append(metrics.call(handle))
+            handle.observer = Tee(*attached) if attached else NULL_OBSERVER
             yield
             return
         on_drop = None if metrics is None else metrics.recording_dropped.inc
         async with open_call_recording(recordings_dir, on_drop=on_drop) as recorder:
-            observers: list[CallObserver] = [recorder]
+            observers: list[CallObserver] = [*attached, recorder]
             if metrics is not None:
                 observers.append(metrics.call(handle))
             handle.observer = Tee(*observers)

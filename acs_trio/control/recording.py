@@ -184,10 +184,10 @@ class CallRecorder(NullObserver):
         # Called right after the frame's on_agent_audio: that is the time it left.
         self._line(self._last_at, "first_audio", ms=round(ms, 1), greeting=greeting)
 
-    def on_caller_speech(self, started: bool, at: float) -> None:
+    def on_caller_speech(self, started: bool, at: float, *, barge_in: bool = False) -> None:
         self._line(at, "speech_started" if started else "speech_stopped", role="caller")
 
-    def on_transcript(self, role: str, text: str, at: float) -> None:
+    def on_transcript(self, role: str, text: str, at: float, *, item_id: str) -> None:
         self._line(at, "transcript", role=role, text=text)
 
     def on_tool_call(self, name: str, ok: bool, duration_ms: float, at: float) -> None:

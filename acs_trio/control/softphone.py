@@ -15,6 +15,11 @@ when a call is answered.  The media socket is wrapped in the same
 :class:`~acs_trio.control.quart_media.QuartMediaSocket` as ACS's and fed to the same ``run_call``:
 bad input from the browser is bad ACS input, and a closed media socket is a hang-up.  Closing the
 events socket (the tab went away) ends the call too.  There is no ACS call to hang up over REST.
+
+The side channel's events come from :class:`PageEvents`, the call's
+:class:`~acs_trio.call.observer.CallObserver` (with metrics and the recorder beside it on
+``acs-trio serve``, control/observe.py): it turns hooks into the JSON events of docs/softphone.md
+and queues them, bounded, for the events socket.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ from typing import Any, cast
 import trio
 from quart import Response, websocket
 
-from ..call.events import CallEvent
 from ..call.lifecycle import CallHandle, CallIds, CallSummary, EndReason
 from ..call.model_socket import ModelConnector
+from ..call.observer import NullObserver
 from ..config import (
     SOFTPHONE_EVENT_QUEUE,
     SOFTPHONE_MAX_CALLS,
@@ -47,6 +52,7 @@ from .quart_media import AcsTrioApp, MediaWebsocket, QuartMediaSocket
 
 __all__ = [
     "BrowserCall",
+    "PageEvents",
     "SoftphoneCalls",
     "create_phone_app",
     "install_softphone",
@@ -56,6 +62,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RunCall = Callable[..., Awaitable[CallSummary]]
+#: One side-channel event: ``type`` plus its fields, JSON-serialisable (docs/softphone.md).
+PageEvent = dict[str, Any]
 
 #: The page's files, served from the package (no build step); anything else is 404.
 STATIC_FILES: dict[str, str] = {
@@ -91,21 +99,69 @@ class BrowserCall:
 
     handle: CallHandle
     media_token: str
-    events_send: trio.MemorySendChannel[CallEvent]
-    events_recv: trio.MemoryReceiveChannel[CallEvent]
+    events_send: trio.MemorySendChannel[PageEvent]
+    events_recv: trio.MemoryReceiveChannel[PageEvent]
     media_claimed: bool = False
     media_connected: trio.Event = field(default_factory=trio.Event)
     media_done: trio.Event = field(default_factory=trio.Event)
     events_dropped: int = 0
 
-    def publish(self, event: CallEvent) -> None:
-        """The call's event sink: never blocks; when the page falls behind, events are dropped."""
+    def publish(self, event: PageEvent) -> None:
+        """Queue one event for the page: never blocks; when the page falls behind, it is dropped."""
         try:
             self.events_send.send_nowait(event)
         except trio.WouldBlock:
             self.events_dropped += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the page's socket is gone; the call is ending
+
+
+class PageEvents(NullObserver):
+    """A browser call's observer: each hook the page shows becomes one side-channel event.
+
+    ``publish`` must not block or raise (:meth:`BrowserCall.publish`: a bounded queue that drops
+    when full).  Latencies are rounded to 0.1 ms; the n-th ``speech_stopped`` is turn n, as
+    ``CallSummary.turns`` counts them.
+    """
+
+    def __init__(self, publish: Callable[[PageEvent], None]) -> None:
+        self._publish = publish
+        self._turns = 0
+
+    def on_start(self, ids: CallIds, started_at: float) -> None:
+        self._publish({"type": "call_started", "call_id": ids.call_id})
+
+    def on_caller_speech(self, started: bool, at: float, *, barge_in: bool = False) -> None:
+        if started:
+            self._publish({"type": "speech_started", "barge_in": barge_in})
+        else:
+            self._turns += 1
+            self._publish({"type": "speech_stopped", "turn": self._turns})
+
+    def on_transcript(self, role: str, text: str, at: float, *, item_id: str) -> None:
+        self._publish({"type": "transcript", "role": role, "item_id": item_id, "text": text})
+
+    def on_ttfa(self, ms: float, *, greeting: bool) -> None:
+        metric = "greeting_ttfa" if greeting else "ttfa"
+        self._publish({"type": "latency", "metric": metric, "ms": round(ms, 1)})
+
+    def on_stop_audio(self, at: float, latency_ms: float, flushed_ms: float) -> None:
+        self._publish({"type": "latency", "metric": "barge_in", "ms": round(latency_ms, 1)})
+
+    def on_end(self, summary: CallSummary) -> None:
+        self._publish(
+            {
+                "type": "call_ended",
+                "reason": summary.end_reason.value,
+                "detail": summary.end_detail,
+                "duration_s": round(summary.duration_s, 3),
+                "turns": summary.turns,
+                "barge_ins": summary.barge_ins,
+                "frames_in": summary.frames_in,
+                "frames_out": summary.frames_out,
+                "bad_acs_messages": summary.bad_acs_messages,
+            }
+        )
 
 
 class SoftphoneCalls:
@@ -136,8 +192,10 @@ class SoftphoneCalls:
         if self.full is not None and self.full():
             return "the server is full (MAX_CONCURRENT_CALLS)"
         call_id = f"softphone-{next(self._numbers)}-{secrets.token_hex(3)}"
-        send, recv = trio.open_memory_channel[CallEvent](SOFTPHONE_EVENT_QUEUE)
+        send, recv = trio.open_memory_channel[PageEvent](SOFTPHONE_EVENT_QUEUE)
         call = BrowserCall(CallHandle(CallIds(call_id)), secrets.token_urlsafe(24), send, recv)
+        # The page hears the call through its observer (observe_call keeps it beside its own).
+        call.handle.observer = PageEvents(call.publish)
         self.calls[call.media_token] = call
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         return call
@@ -282,7 +340,6 @@ def install_softphone(
                     handle=call.handle,
                     agent=settings.agent,
                     limits=settings.limits,
-                    events=call.publish,
                     # The agent's tools too (docs/tools.md); no ACS call: transfer is refused.
                     tools=tools,
                     actions=settings.actions,
@@ -360,6 +417,6 @@ async def _watch_page(
             return
 
 
-async def _send(ws: QuartMediaSocket, event: CallEvent) -> None:
+async def _send(ws: QuartMediaSocket, event: PageEvent) -> None:
     with trio.fail_after(_EVENT_SEND_TIMEOUT_S):
         await ws.send(json.dumps(event))

@@ -320,7 +320,7 @@ def summary_text(result: DemoResult) -> str:
     truncations = [ms for stats in result.peer for _, ms in stats.truncations]
     if truncations:
         lines.append(
-            f"  truncate: agent answer cut at audio_end_ms={truncations[0]} (audio sent); "
+            f"  truncate: agent answer cut at audio_end_ms={truncations[0]} (what the caller had heard); "
             f"StopAudio flushed {report.discarded_audio_ms:.0f} ms not yet played"
         )
     server = (

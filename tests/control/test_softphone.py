@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,15 +22,17 @@ from quart.testing.connections import WebsocketDisconnectError, WebsocketRespons
 from trio.testing import wait_all_tasks_blocked
 
 from acs_trio.config import (
+    SOFTPHONE_EVENT_QUEUE,
     SOFTPHONE_MAX_CALLS,
     SOFTPHONE_MEDIA_CONNECT_S,
     AgentSettings,
     CallLimits,
+    Observability,
     Settings,
     SoftphoneSettings,
 )
 from acs_trio.control.app import create_app
-from acs_trio.control.softphone import create_phone_app
+from acs_trio.control.softphone import BrowserCall, SoftphoneCalls, create_phone_app
 from acs_trio.errors import ConfigError
 from tests.acs_service import FakeAcsService, incoming_call_event
 from tests.control.test_app import StandInCalls, settings as acs_settings
@@ -286,6 +289,91 @@ async def test_a_browser_call_runs_the_same_bridge_and_reports_events(
         # The media path was a one-time secret.
         assert await refusal(p.client, hello["media_path"]) == 403
     assert p.model.seen.closed is not None
+
+
+def transcript_lines(directory: Path, call_id: str) -> list[dict[str, Any]]:
+    [path] = directory.glob(f"*/*_{call_id}.transcript.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_on_serve_the_page_metrics_and_recorder_observe_the_same_call(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    """With SOFTPHONE=1 the page's events are one observer of the call, beside metrics and the
+    recorder (control/observe.py): each of them sees the call, and the page's events are the same."""
+    model = FakeModel(nursery)
+    settings = replace(
+        acs_settings(),
+        agent=AgentSettings(greeting=None),
+        softphone=SoftphoneSettings(token=TOKEN),
+        observability=Observability(recordings_dir=str(tmp_path)),
+    )
+    app = create_app(
+        settings, http_transport=FakeAcsService().transport, connect_model=model.connect
+    )
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        async with client.websocket(f"{PAGE}/events") as events:
+            hello = await next_event(events)
+            async with client.websocket(hello["media_path"]) as media:
+                await media.send(metadata())
+                assert await next_event(events) == {
+                    "type": "call_started",
+                    "call_id": hello["call_id"],
+                }
+                await model.wait_for("session.update")
+                await model.speech_started("item_u1")
+                await trio.sleep(0.5)
+                await model.speech_stopped("item_u1")
+                await model.send(
+                    {
+                        "type": "conversation.item.input_audio_transcription.completed",
+                        "event_id": "ev_t1",
+                        "item_id": "item_u1",
+                        "content_index": 0,
+                        "transcript": "Hello?",
+                    }
+                )
+                assert await events_until(events, "transcript") == [
+                    {"type": "speech_started", "barge_in": False},
+                    {"type": "speech_stopped", "turn": 1},
+                    {
+                        "type": "transcript",
+                        "role": "caller",
+                        "item_id": "item_u1",
+                        "text": "Hello?",
+                    },
+                ]
+            ended = await events_until(events, "call_ended")
+            assert ended[-1]["reason"] == "caller_hung_up" and ended[-1]["turns"] == 1
+            with pytest.raises(WebsocketDisconnectError):
+                await events.receive()  # closed after the call (and its recording) ended
+        scrape = await (await client.get("/metrics")).get_data(as_text=True)
+        assert 'acs_trio_calls_ended_total{reason="caller_hung_up"} 1.0' in scrape
+    lines = transcript_lines(tmp_path, hello["call_id"])
+    assert [(line["type"], line.get("text")) for line in lines] == [
+        ("call_started", None),
+        ("speech_started", None),
+        ("speech_stopped", None),
+        ("transcript", "Hello?"),
+        ("call_ended", None),
+    ]
+
+
+async def test_a_page_that_falls_behind_loses_events_and_never_slows_the_call() -> None:
+    """The page's observer queues at most SOFTPHONE_EVENT_QUEUE events; the rest are dropped and
+    counted (logged at the end of the call), and a gone page is no error."""
+    call = SoftphoneCalls().open()
+    assert isinstance(call, BrowserCall)
+    observer = call.handle.observer
+    for n in range(SOFTPHONE_EVENT_QUEUE + 5):
+        observer.on_transcript("agent", f"line {n}", 0.0, item_id=f"item_{n}")
+    assert call.events_dropped == 5
+    first = call.events_recv.receive_nowait()
+    assert first == {"type": "transcript", "role": "agent", "item_id": "item_0", "text": "line 0"}
+    await call.events_recv.aclose()
+    observer.on_ttfa(12.34, greeting=False)  # the page's socket is gone: silently nothing
+    assert call.events_dropped == 5
 
 
 # -- bad input and endings ----------------------------------------------------------------------
