@@ -6,8 +6,11 @@ untouched at 24 kHz (no resampling), so the first 24 bytes of a 20 ms frame surv
 
 * caller frame (ACS → server → model append): ``<IIIqI`` = magic, call id, frame seq, send time
   (``time.monotonic_ns``, system-wide on Linux, so it would also work across processes), pad;
-* first frame of each model delta (model → server → ACS AudioData): ``<IIIIq`` = magic, call id,
-  response number, delta number, send time.
+* every 20 ms frame of each model delta (model → server → ACS AudioData): ``<IIIIq`` = magic,
+  call id, response number, frame number within the response (0 = the response's first), the
+  delta's send time.  Outbound AudioData carry whole 20 ms frames (``OUTBOUND_FRAME_MS`` is a
+  multiple of 20) from the response's start, so every marker sits at a multiple of 1,280 base64
+  characters of an outbound message.
 
 24 bytes are exactly 32 base64 characters, so a marker can be read from the first 32 characters
 of a frame's base64 without decoding the rest, and a frame's base64 is marker + a pre-encoded tail.
@@ -35,9 +38,9 @@ def caller_marker_b64(call_id: int, seq: int, t_ns: int) -> str:
     ).decode()
 
 
-def delta_marker_b64(call_id: int, resp: int, delta: int, t_ns: int) -> str:
+def delta_marker_b64(call_id: int, resp: int, frame: int, t_ns: int) -> str:
     return binascii.b2a_base64(
-        _DELTA.pack(DELTA_MAGIC, call_id, resp, delta, t_ns), newline=False
+        _DELTA.pack(DELTA_MAGIC, call_id, resp, frame, t_ns), newline=False
     ).decode()
 
 

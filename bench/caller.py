@@ -9,8 +9,8 @@ second (§4.2, §4.3, 24 kHz, 960 bytes), and at the end hang up: close the sock
 ``CallDisconnected``.  All calls' frames come from one :class:`FrameClock` (1 ms ticks, each call
 on its own phase), so the generator needs one timer wake-up per millisecond, not one per frame.
 
-On the way back it reads the marker in each outbound ``AudioData`` frame (§4.4) and measures the
-outbound hop for the *first* frame of each response (the bridge's pacing does not delay it),
+On the way back it reads the marker of every 20 ms frame in each outbound ``AudioData`` (§4.4) and
+times every frame (pacing shown apart from the bridge's own delay, see :meth:`Call.on_audio`),
 time-to-first-audio from ``speech_stopped``, the barge-in latency (``speech_started`` sent by the
 model → ``StopAudio`` here), playout underruns and frames that leak after ``StopAudio``.
 """
@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from bwire import (
+    FRAME_B64,
     FRAME_BYTES,
+    MARK_B64,
     MARK_BYTES,
     Script,
     build_script,
@@ -67,6 +69,8 @@ class Generator:
         self.by_connection: dict[str, Call] = {}
         self.clock = FrameClock(sink)
         self.script_kw = script_kw or {}
+        #: The servers' PLAYOUT_LEAD_MS (the pacing schedule hop_out leaves out).
+        self.lead_ms = 100
         self.next_id = 1
         self.http: aiohttp.ClientSession | None = None
 
@@ -82,8 +86,9 @@ class Generator:
         if self.http is not None:
             await self.http.close()
 
-    def new_call(self, duration_s: float) -> Call:
-        call = Call(self, self.next_id, max(1, int(duration_s * 50)))
+    def new_call(self, duration_s: float, server: str | None = None) -> Call:
+        """A call against the server (URL) the generator was made for, or ``server``."""
+        call = Call(self, self.next_id, max(1, int(duration_s * 50)), server or self.server_url)
         self.next_id += 1
         return call
 
@@ -133,8 +138,9 @@ class FrameClock:
 
 
 class Call:
-    def __init__(self, gen: Generator, call_id: int, frames: int) -> None:
+    def __init__(self, gen: Generator, call_id: int, frames: int, server_url: str) -> None:
         self.gen = gen
+        self.server_url = server_url.rstrip("/")
         self.sink = gen.sink
         self.call_id = call_id
         self.script: Script = build_script(call_id, frames, **gen.script_kw)
@@ -163,6 +169,10 @@ class Call:
         self.first_frames: set[int] = set()
         self.cur_resp = -1
         self.cut_resp = -2
+        self.resp_start = 0
+        self.resp_ms: dict[int, int] = {}  # agent audio received per response, ms
+        self.heard_at_stop: dict[int, float] = {}  # ms of the response heard when StopAudio came
+        self.lead_ns = gen.lead_ms * 1_000_000
         self.play_end = 0
         self.frames_out = 0
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -269,7 +279,7 @@ class Call:
         )
         try:
             async with self.gen.http.post(
-                f"{self.gen.server_url}/api/incomingCall",
+                f"{self.server_url}/api/incomingCall",
                 json=body,
                 headers={"aeg-event-type": "Notification"},
             ) as response:
@@ -363,27 +373,50 @@ class Call:
         if self.ws is not None and not self.ws.is_disconnected:
             self.ws.disconnect()
 
-    def on_audio(self, mark: bytes, t: int) -> None:
+    def on_audio(self, data: bytes, t: int) -> None:
+        """One outbound AudioData (its base64): time every 20 ms frame in it.
+
+        Per frame: ``out_total`` = delta sent by the model → here (what the caller gets, pacing
+        included); ``out_pacing`` = the part of that the bridge's pacing holds back on purpose
+        (the frame's release time in a real-time schedule started by the response's first
+        frame, minus the playout lead, minus its send time, if positive); ``hop_out`` = the rest,
+        the bridge's own delay.  A message's frames are released together when its first frame is
+        due, so the schedule uses the message's first frame.
+        """
         self.frames_out += 1
-        first = False
-        marker = read_delta_marker(mark)
-        if marker is not None:
-            _, resp, delta, sent = marker
+        sink = self.sink
+        msg_frame = -1
+        for at in range(0, max(len(data) - MARK_B64 + 1, 1), FRAME_B64):
+            marker = read_delta_marker(data[at : at + MARK_B64])
+            if marker is None:
+                continue
+            _, resp, frame, sent = marker
             self.cur_resp = resp
-            if delta == 0:
-                first = True
+            self.resp_ms[resp] = self.resp_ms.get(resp, 0) + 20
+            if frame == 0:
+                self.resp_start = t
                 self.first_frames.add(resp)
-                self.sink.hop_out.add(t, (t - sent) / 1e6)
+                sink.hop_out_first.add(t, (t - sent) / 1e6)
                 stopped = self.answer_stopped.get(resp)
                 if stopped is not None:
-                    self.sink.ttfa.add(t, (t - stopped) / 1e6)
+                    sink.ttfa.add(t, (t - stopped) / 1e6)
+            if msg_frame < 0:
+                msg_frame = frame
+            release = self.resp_start + msg_frame * FRAME_NS - self.lead_ns
+            sink.out_total.add(t, (t - sent) / 1e6)
+            sink.out_pacing.add(t, max(0, release - sent) / 1e6)
+            sink.hop_out.add(t, (t - max(sent, release)) / 1e6)
         if self.cur_resp == self.cut_resp:
-            self.sink.events.add("frame_after_stop_audio", t)
-        if not first and self.play_end and t > self.play_end:
-            self.sink.events.add("playout_underrun", t)
-        self.play_end = max(self.play_end, t) + FRAME_NS
+            sink.events.add("frame_after_stop_audio", t)
+        if msg_frame != 0 and self.play_end and t > self.play_end:
+            sink.events.add("playout_underrun", t)
+        frames = max(1, len(data) // FRAME_B64)
+        self.play_end = max(self.play_end, t) + frames * FRAME_NS
 
     def on_stop_audio(self, t: int) -> None:
+        # What the caller has heard of the cut response: received minus still queued at ACS.
+        queued_ms = max(0, self.play_end - t) / 1e6
+        self.heard_at_stop[self.cur_resp] = self.resp_ms.get(self.cur_resp, 0) - queued_ms
         self.cut_resp = self.cur_resp
         self.play_end = 0
         if self.barges_matched < len(self.barge_sent):
@@ -408,7 +441,7 @@ class MediaSocket(WSListener):
             at = payload.find(b'"Data"')
             if at >= 0:
                 start = payload.index(b'"', at + 6) + 1
-                self.call.on_audio(payload[start : start + 32], t)
+                self.call.on_audio(payload[start : payload.index(b'"', start)], t)
                 return
             message = json.loads(payload)
             kind_value = str(message.get("Kind") or message.get("kind") or "").lower()

@@ -138,7 +138,7 @@ async def cluster_main(args: argparse.Namespace) -> int:
         # Alternate the two variants (A B A B ...): the machine is shared, so its load drifts.
         single: list[dict[str, Any]] = []
         shared: list[dict[str, Any]] = []
-        for round_ in range(args.rounds):
+        for round_ in range(args.rounds or 3):
             await redis.command("FLUSHALL")  # every round starts from an empty Redis
             single += await _measure(
                 args, levels, label=f"round {round_ + 1}: one process, no REDIS_URL"
@@ -170,7 +170,7 @@ async def cluster_main(args: argparse.Namespace) -> int:
         "machine": machine_info(),
         "load_average_at_start": os.getloadavg(),
         "settings": {
-            "rounds": args.rounds,
+            "rounds": args.rounds or 3,
             "levels": levels,
             "workers_levels": ramp,
             "hold_s": args.hold,

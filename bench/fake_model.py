@@ -12,9 +12,12 @@ or played: the peer stops its deltas and sends ``response.done`` with status ``c
 reason ``turn_detected`` (§3.2, §5 step 6).  ``conversation.item.truncate`` gets
 ``conversation.item.truncated``.
 
-It also measures two things: the inbound hop (a caller frame's send time, read from the *last*
-frame of each ``input_audio_buffer.append`` batch, to its arrival here) and the teardown (the
-moment the server's close frame arrives, per call).
+It also measures two things: the inbound hop of **every** caller frame (its send time, read from
+the marker at the start of each 20 ms frame of an ``input_audio_buffer.append``, to the append's
+arrival here: the wait for the batch is included), plus the last frame of each append alone (the
+bridge's own share), and the teardown (the moment the server's close frame arrives, per call).
+Every 20 ms frame of every delta it sends carries a marker too (response, frame number within the
+response, send time), so the ACS end can time every outbound frame.
 """
 
 # JSON templates use %-formatting: f-strings would need every brace doubled.
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl as ssl_module
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bwire import (
     FRAME_B64,
     FRAME_BYTES,
+    MARK_B64,
     MARK_BYTES,
     delta_marker_b64,
     noise_tail_b64,
@@ -54,12 +59,16 @@ class ModelPeer:
         self.delta_ms = delta_ms
         self.delta_frames = delta_ms // 20
         self.delta_interval = delta_ms / 1000 / speedup
-        # One delta = marker + pre-encoded noise; only the 32-character marker changes per send.
-        self.delta_tail = noise_tail_b64(self.delta_frames * FRAME_BYTES - MARK_BYTES, seed=7)
+        # Every 20 ms frame of a delta = its marker + the same pre-encoded noise, so the ACS end
+        # can time every frame; only the 32-character markers change per send.
+        self.frame_tail = noise_tail_b64(FRAME_BYTES - MARK_BYTES, seed=7)
         self.open_sockets = 0
         self.server: asyncio.Server | None = None
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl: ssl_module.SSLContext | None = None
+    ) -> int:
+        """Listen (TLS when ``ssl`` is given: the server then dials ``wss://``)."""
         self.server = await ws_create_server(
             lambda request: (
                 ModelSocket(self) if _path(request).startswith("/v1/realtime") else None
@@ -67,6 +76,7 @@ class ModelPeer:
             host,
             port,
             websocket_handshake_timeout=10,
+            ssl=ssl,
         )
         return int(self.server.sockets[0].getsockname()[1])
 
@@ -77,12 +87,12 @@ def _path(request: Any) -> str:
 
 
 class Response:
-    __slots__ = ("delta_no", "frames_left", "item", "number", "rid", "timer")
+    __slots__ = ("frame_no", "frames_left", "item", "number", "rid", "timer")
 
     def __init__(self, number: int, frames: int) -> None:
         self.number = number
         self.frames_left = frames
-        self.delta_no = 0
+        self.frame_no = 0  # frames of this response sent so far (the next frame's number)
         self.timer: asyncio.TimerHandle | None = None
         self.rid = f"resp_{number}"
         self.item = f"item_a{number}"
@@ -158,12 +168,16 @@ class ModelSocket(WSListener):
         frames = (end - start) // FRAME_B64
         if frames < 1:
             return
-        last = start + (frames - 1) * FRAME_B64
-        mark = read_caller_marker(payload[last : last + 32])
-        if mark is None:
-            self.peer.sink.events.add("append_without_marker")
-            return
-        call_id, seq, sent_ns = mark
+        # Every frame of the append is timed: batch waits are part of what the caller gets.
+        # The last frame's time is the bridge's own share (hop_in_last).
+        marks = []
+        for at in range(start, start + frames * FRAME_B64, FRAME_B64):
+            mark = read_caller_marker(payload[at : at + MARK_B64])
+            if mark is None:
+                self.peer.sink.events.add("append_without_marker")
+                return
+            marks.append(mark)
+        call_id, seq, sent_ns = marks[-1]
         if self.call is None:
             call = self.peer.calls.get(call_id)
             if call is None:
@@ -174,7 +188,10 @@ class ModelSocket(WSListener):
             if self.pending_greeting:
                 self.pending_greeting = False
                 self.start_response(self.call.script.greeting_frames, stopped_ns=None)
-        self.peer.sink.hop_in.add(t, (t - sent_ns) / 1e6)
+        sink = self.peer.sink
+        for _, _, frame_sent in marks:
+            sink.hop_in.add(t, (t - frame_sent) / 1e6)
+        sink.hop_in_last.add(t, (t - sent_ns) / 1e6)
         actions = self.call.script.actions
         while self.next_action < len(actions) and actions[self.next_action].seq <= seq:
             action = actions[self.next_action]
@@ -255,28 +272,23 @@ class ModelSocket(WSListener):
         response.timer = None
         assert self.call is not None
         frames = min(self.peer.delta_frames, response.frames_left)
-        if frames == self.peer.delta_frames:
-            tail = self.peer.delta_tail
-        else:
-            tail = self.peer.delta_tail[: frames * FRAME_B64 - 32]
         t = now_ns()
+        call_id, number, first = self.call.call_id, response.number, response.frame_no
+        tail = self.peer.frame_tail
+        audio = "".join(
+            delta_marker_b64(call_id, number, first + k, t) + tail for k in range(frames)
+        )
         self.send(
             '{"type": "response.output_audio.delta", "event_id": "%s", "response_id": "%s", "item_id": "%s", '
-            '"output_index": 0, "content_index": 0, "delta": "%s%s"}'
-            % (
-                self.event_id(),
-                response.rid,
-                response.item,
-                delta_marker_b64(self.call.call_id, response.number, response.delta_no, t),
-                tail,
-            )
+            '"output_index": 0, "content_index": 0, "delta": "%s"}'
+            % (self.event_id(), response.rid, response.item, audio)
         )
         self.send(
             '{"type": "response.output_audio_transcript.delta", "event_id": "%s", "response_id": "%s", '
             '"item_id": "%s", "output_index": 0, "content_index": 0, "delta": "words "}'
             % (self.event_id(), response.rid, response.item)
         )
-        response.delta_no += 1
+        response.frame_no += frames
         response.frames_left -= frames
         if response.frames_left > 0:
             loop = asyncio.get_running_loop()
@@ -353,6 +365,14 @@ class ModelSocket(WSListener):
 
     def on_truncate(self, event: dict[str, Any]) -> None:
         self.peer.sink.events.add("truncate")
+        # Truncate precision: the server's audio_end_ms against what the caller had heard when
+        # StopAudio reached ACS (positive: the model will believe more was heard than was).
+        item = str(event.get("item_id", ""))
+        if self.call is not None and item.startswith("item_a") and item[6:].isdigit():
+            heard = self.call.heard_at_stop.get(int(item[6:]))
+            if heard is not None:
+                error = float(event.get("audio_end_ms", 0)) - heard
+                self.peer.sink.truncate_err.add(now_ns(), error)
         self.send(
             json.dumps(
                 {

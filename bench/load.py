@@ -3,6 +3,8 @@
     python bench/load.py [run] [--quick] [--levels 1,10,25,...] [--hold 30] [--call-s 30]
     python bench/load.py leak [--calls 2000] [--concurrency 16] [--call-s 2.5]
     python bench/load.py profile --calls 100 [--seconds 30]
+    python bench/load.py --levels 25,50,75 --compare ad65ca8     # same-run A/B against a git ref
+    python bench/load.py --levels 25,50 --arm b20:APPEND_BATCH_MS=20   # A/B of settings
     python bench/load.py observe [--calls 40] [--rounds 4]   # CPU: metrics/recording off vs on
     python bench/load.py cluster [--levels 20] [--workers-levels 20,40,60,...]
 
@@ -15,6 +17,7 @@ the results.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,13 +59,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=32, help="leak: calls at once")
     parser.add_argument("--seconds", type=float, default=30.0, help="profile: sampling time, s")
-    parser.add_argument("--rounds", type=int, default=3, help="cluster: A/B rounds")
     parser.add_argument(
         "--workers-levels",
         default="20,40,60,80,100,120",
         help="cluster: ramp for --workers 1 vs 2 (empty: skip)",
     )
     parser.add_argument("--keep-going", action="store_true", help="run: do not stop at saturation")
+    parser.add_argument(
+        "--compare",
+        metavar="GIT_REF",
+        help="run: also measure GIT_REF (own worktree + venv under --out), levels alternating",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="scheduling niceness for this process and the servers (negative needs root): "
+        "on a machine shared with other work, keeps the measured processes from being starved",
+    )
+    parser.add_argument(
+        "--rt",
+        type=int,
+        default=0,
+        help="SCHED_RR priority (1-99, root) for this process and the servers: on a machine "
+        "oversubscribed by other work, the measured processes then run when they are ready (the "
+        "kernel still leaves others 5 %% of each core); use with levels below saturation",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="run with several arms: turns per arm at each level, ABBA order (default 1); "
+        "observe: measurement windows (default 4)",
+    )
+    parser.add_argument(
+        "--arm",
+        action="append",
+        metavar="NAME:VAR=VALUE,...",
+        help="run: also measure this tree with extra server environment (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "out", help="output directory")
     parser.add_argument(
         "--tag", default="", help="label stored in the JSON (e.g. 'before', 'after')"
@@ -73,10 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         default="metrics",
         help="run: server metrics off, on (the default, as shipped), or metrics + RECORDINGS_DIR",
     )
-    parser.add_argument("--rounds", type=int, default=4, help="observe: measurement windows")
     args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 4 if args.mode == "observe" else 1
     args.out.mkdir(parents=True, exist_ok=True)
     pin_to_core(1)
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        os.environ["BENCH_NICE"] = str(args.nice)  # the servers get it too (server_proc.py)
+    if args.rt:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(args.rt))
+        os.environ["BENCH_RT"] = str(args.rt)
     if args.mode == "leak":
         from leak import leak_main as target
     elif args.mode == "profile":

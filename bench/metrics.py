@@ -72,8 +72,18 @@ class Events:
 class Sink:
     """All measurements of one run."""
 
-    hop_in: Series = field(default_factory=Series)  # ACS frame sent → model append received
-    hop_out: Series = field(default_factory=Series)  # model delta sent → ACS frame received
+    # Every caller frame: ACS frame sent → the model receives the append holding it (batch wait
+    # included).  hop_in_last: the last frame of each append only (the bridge's own share).
+    hop_in: Series = field(default_factory=Series)
+    hop_in_last: Series = field(default_factory=Series)
+    # Every agent frame: model delta sent → AudioData at ACS, split into out_pacing (held back on
+    # purpose by real-time pacing) and hop_out (the rest: the bridge's delay); out_total = both.
+    hop_out: Series = field(default_factory=Series)
+    out_pacing: Series = field(default_factory=Series)
+    out_total: Series = field(default_factory=Series)
+    hop_out_first: Series = field(default_factory=Series)  # first frame of each response only
+    # conversation.item.truncate audio_end_ms − ms the caller had heard at StopAudio
+    truncate_err: Series = field(default_factory=Series)
     ttfa: Series = field(default_factory=Series)  # speech_stopped sent → first answer frame at ACS
     barge: Series = field(default_factory=Series)  # barge speech_started sent → StopAudio at ACS
     teardown: Series = field(default_factory=Series)  # ACS close sent → model sees server's close

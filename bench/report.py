@@ -30,6 +30,13 @@ class LevelRow:
     failed_calls: int
     failures: dict[str, int] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)
+    arm: str = ""
+    hop_in_last: Stats = field(default_factory=dict)
+    hop_out_first: Stats = field(default_factory=dict)
+    out_pacing: Stats = field(default_factory=dict)
+    out_total: Stats = field(default_factory=dict)
+    truncate_err: Stats = field(default_factory=dict)
+    round: int = 0
 
     def ok(self, p99_ms: float) -> bool:
         p99s = [self.hop_in["p99"], self.hop_out["p99"]]
@@ -46,13 +53,16 @@ def _f(value: float | None, width: int = 6, digits: int = 1) -> str:
 def print_table(rows: list[LevelRow], *, header: bool = True) -> None:
     if header:
         print(
-            "calls | ACS→model ms p50/p99/max | model→ACS ms p50/p99/max | TTFA+ ms p50/p99 | barge ms p50/p99 | "
+            "arm          calls | ACS→model every frame ms p50/p99/max | model→ACS every frame, pacing excluded, ms p50/p99/max | "
+            "pacing ms p50/p99 | TTFA+ ms p50/p99 | barge ms p50/p99 | "
             "teardown ms p50/max | CPU %  | CPU-s/call-min | RSS KB/call | failed | gen CPU % | gen lag ms max"
         )
     for r in rows:
+        pacing = r.out_pacing or {"p50": None, "p99": None}
         print(
-            f"{r.calls:5d} | {_f(r.hop_in['p50'])} {_f(r.hop_in['p99'])} {_f(r.hop_in['max'])} | "
+            f"{r.arm[:12]:12s} {r.calls:5d} | {_f(r.hop_in['p50'])} {_f(r.hop_in['p99'])} {_f(r.hop_in['max'])} | "
             f"{_f(r.hop_out['p50'])} {_f(r.hop_out['p99'])} {_f(r.hop_out['max'])} | "
+            f"{_f(pacing['p50'])} {_f(pacing['p99'])} | "
             f"{_f(r.ttfa['p50'])} {_f(r.ttfa['p99'])} | {_f(r.barge['p50'])} {_f(r.barge['p99'])} | "
             f"{_f(r.teardown['p50'])} {_f(r.teardown['max'])} | {r.cpu_pct:6.1f} | {_f(r.cpu_s_per_call_min, 7, 3)}        | "
             f"{_f(r.rss_per_call_kb, 7, 0)}     | {r.failed_calls:6d} | {r.gen_cpu_pct:9.1f} | {_f(r.gen_lag['max'])}",
@@ -73,40 +83,29 @@ def write_plot(path: Path, rows: list[LevelRow], *, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = [r.calls for r in rows]
+    arms = list(dict.fromkeys(r.arm for r in rows))
     fig, (lat, cpu) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
-    for key, label, style in (
-        ("hop_in", "ACS frame → model append", "o-"),
-        ("hop_out", "model delta → ACS frame", "s-"),
-    ):
-        lat.plot(n, [r.__dict__[key]["p50"] for r in rows], style, label=f"{label} p50")
-        lat.plot(n, [r.__dict__[key]["p99"] for r in rows], style, alpha=0.5, label=f"{label} p99")
-    lat.plot(
-        n, [r.barge["p99"] for r in rows], "^--", label="barge-in (speech_started → StopAudio) p99"
-    )
+    for arm in arms:
+        mine = [r for r in rows if r.arm == arm]
+        n = [r.calls for r in mine]
+        tag = f"{arm}: " if len(arms) > 1 else ""
+        for key, label, style in (
+            ("hop_in", "ACS frame → model append (every frame)", "o-"),
+            ("hop_out", "model delta → ACS frame (every frame, pacing excluded)", "s-"),
+        ):
+            lat.plot(n, [r.__dict__[key]["p99"] for r in mine], style, label=f"{tag}{label} p99")
+        cpu.plot(n, [r.cpu_s_per_call_min for r in mine], "o-", label=f"{tag}CPU-s per call-minute")
     lat.axhline(5, color="red", linewidth=0.8, linestyle=":", label="5 ms target")
     lat.set_yscale("log")
-    lat.set_ylabel("added latency, ms (log)")
-    lat.legend(fontsize=8)
+    lat.set_ylabel("added latency p99, ms (log)")
+    lat.legend(fontsize=7)
     lat.grid(True, which="both", alpha=0.3)
     lat.set_title(title, fontsize=10)
-    cpu.plot(n, [r.cpu_pct for r in rows], "o-", label="server CPU % (one core)")
-    cpu.plot(
-        n,
-        [r.gen_cpu_pct for r in rows],
-        "x--",
-        label="load generator + fake model CPU % (other core)",
-    )
-    cpu.set_ylabel("CPU %")
+    cpu.set_ylabel("server CPU-s per call-minute")
     cpu.set_xlabel("concurrent calls")
-    cpu.set_ylim(0, 105)
+    cpu.set_ylim(bottom=0)
     cpu.grid(True, alpha=0.3)
-    ax2 = cpu.twinx()
-    ax2.plot(n, [r.rss_per_call_kb for r in rows], "d:", color="gray", label="RSS per call, KB")
-    ax2.set_ylabel("RSS per call, KB")
-    lines = cpu.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    cpu.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper left")
+    cpu.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

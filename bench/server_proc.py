@@ -82,13 +82,21 @@ class ServerProcess:
         *,
         core: int | str = 0,
         extra_args: tuple[str, ...] = (),
+        python: str = sys.executable,
+        cwd: Path | None = None,
+        label: str = "",
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env, "PUBLIC_BASE_URL": self.url}
-        self.log_path = out_dir / f"server-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        self.env.pop("PYTHONPATH", None)  # each server runs the acs_trio of its own venv/tree
+        slug = "".join(c if c.isalnum() else "-" for c in label) or "server"
+        self.log_path = out_dir / f"server-{time.strftime('%Y%m%d-%H%M%S')}-{slug}.log"
         self.core = core
         self.extra_args = extra_args
+        self.python = python
+        self.cwd = cwd
+        self.label = label
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -102,7 +110,7 @@ class ServerProcess:
             "taskset",
             "-c",
             str(self.core),
-            sys.executable,
+            self.python,
             "-m",
             "acs_trio",
             "serve",
@@ -113,8 +121,14 @@ class ServerProcess:
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting is instant, no wait
-            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
         )
+        nice = int(os.environ.get("BENCH_NICE", "0"))
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, nice)
+        rt = int(os.environ.get("BENCH_RT", "0"))
+        if rt:
+            os.sched_setscheduler(self.proc.pid, os.SCHED_RR, os.sched_param(rt))
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as http:
             while True:

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from arms import install_ref
 from harness import open_bench
 from levels import Slots, level_row, snapshot
 from report import print_table
@@ -110,7 +111,9 @@ async def profile_main(args: argparse.Namespace) -> int:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     raw = args.out / f"profile-{stamp}-{n}calls{'-' + args.tag if args.tag else ''}.txt"
-    async with open_bench(args.out) as bench:
+    # --compare REF profiles that ref's server (its own worktree + venv) instead of this tree's.
+    arms = [install_ref(args.compare, args.out)] if args.compare else None
+    async with open_bench(args.out, arms=arms) as bench:
         warm = bench.gen.new_call(4.0)
         await warm.run()
         idle = snapshot(bench)

@@ -4,7 +4,8 @@ Task tree (docs/architecture.md has the picture)::
 
     run_call ─ call nursery
                ├── run_acs_side ── acs_scope
-               │     ├── receive_from_acs   ACS socket → [model outbox, 64] → send_to_model
+               │     ├── receive_from_acs   ACS socket → model socket when idle, else
+               │     │                      [model outbox, 64] → send_to_model
                │     ├── run_playout        [outbound frames] → paced AudioData / StopAudio → ACS
                │     └── watchdog           max duration, idle and media timeouts
                ├── run_actions ── actions_scope (docs/tools.md)
@@ -64,6 +65,8 @@ __all__ = ["run_call"]
 
 logger = logging.getLogger(__name__)
 
+#: A write from the ACS receive task that takes this long (one ACS frame) counts as a wait.
+_DIRECT_SEND_WAIT_S = 0.02
 #: Endings logged at INFO; every other one (model, timeouts, protocol, bugs) at WARNING.
 _ENDINGS_NOT_WORTH_A_WARNING = frozenset(
     {EndReason.CALLER_HUNG_UP, EndReason.CALL_DISCONNECTED, EndReason.SHUTDOWN}
@@ -136,6 +139,9 @@ class _CallBridge:
         # Caller audio → model: a bounded outbox; the producer waits when it is full.
         self.caller_audio = CallerAudio(limits.append_batch_ms)
         self.outbox_send, self.outbox_recv = trio.open_memory_channel[str](limits.model_outbox_size)
+        # The model socket while send_to_model runs; appends in the outbox or being written by it.
+        self.direct_model_ws: ModelSocket | None = None
+        self.outbox_pending = 0
         # Model audio → caller: a bounded frame channel drained by the paced sender.
         self.agent_audio = AgentAudio(limits.frame_ms)
         self.frames_send, frames_recv = trio.open_memory_channel[OutboundFrame](
@@ -357,6 +363,16 @@ class _CallBridge:
                 summary.gap_audio_dropped_ms += self.limits.append_batch_ms
             self.gap_audio.append(message)
             return
+        ws = self.direct_model_ws
+        if ws is not None and self.outbox_pending == 0:
+            await self.send_from_receiver(ws, message)
+            return
+        await self.queue_for_model(message)
+
+    async def queue_for_model(self, message: str) -> None:
+        """The outbox way to the model (``send_to_model`` writes it)."""
+        summary = self.summary
+        self.outbox_pending += 1  # until send_to_model has written it
         try:
             try:
                 self.outbox_send.send_nowait(message)
@@ -371,7 +387,36 @@ class _CallBridge:
         except trio.BrokenResourceError:
             # The model side has already stopped: the call is ending (its cancellation is on its
             # way to this task); the audio has nowhere to go.
+            self.outbox_pending -= 1
             return
+
+    async def send_from_receiver(self, ws: ModelSocket, message: str) -> None:
+        """Write an append from the ACS receive task itself: one task hand-off less per append.
+
+        Only taken while a session is live and no earlier append is queued in the outbox or being
+        written by ``send_to_model`` (``outbox_pending == 0``), so no append can overtake another
+        (no reorder).  A socket that cannot take the bytes makes this task wait: the same
+        back-pressure to ACS the outbox gives when full, counted the same way if it takes long.
+        A closed socket loses nothing: the append goes the outbox way, first in line (the session
+        is failing; the next one gets it, see flush_gap_audio), and this session writes no more
+        appends from here.
+        """
+        self.inbound_blocked = True
+        started = trio.current_time()
+        try:
+            await ws.send(message)
+        except ModelClosed:
+            self.direct_model_ws = None
+            self.inbound_blocked = False
+            await self.queue_for_model(message)
+            return
+        finally:
+            self.inbound_blocked = False
+        now = trio.current_time()
+        if now - started >= _DIRECT_SEND_WAIT_S:
+            # The socket did not take it at once: ACS receive waited (counted like a full outbox).
+            self.summary.inbound_waits += 1
+            self.last_acs_message = now
 
     def on_metadata(self, meta: AudioMetadata) -> None:
         try:
@@ -532,6 +577,7 @@ class _CallBridge:
             self.summary.model_gap_ms.append((now - self.gap_since) * 1000)
             self.log.info("model session re-opened after %.0f ms", (now - self.gap_since) * 1000)
         self.gap_since = None
+        self.outbox_pending = 0  # flushed above; nothing entered it while no session was live
         self.model_live = True
         self.live_ws = ws
         async with trio.open_nursery() as nursery:
@@ -624,12 +670,19 @@ class _CallBridge:
         )
 
     async def send_to_model(self, ws: ModelSocket) -> None:
-        async for message in self.outbox_recv:
-            try:
-                await ws.send(message)
-            except ModelClosed:
-                self.unsent = message  # the next session gets it first: no caller audio lost
-                raise
+        # While this task runs, the ACS receive task writes appends itself whenever no earlier
+        # append is queued or being written here (send_from_receiver; outbox_pending counts them).
+        self.direct_model_ws = ws
+        try:
+            async for message in self.outbox_recv:
+                try:
+                    await ws.send(message)
+                except ModelClosed:
+                    self.unsent = message  # the next session gets it first: no caller audio lost
+                    raise
+                self.outbox_pending -= 1
+        finally:
+            self.direct_model_ws = None
 
     async def receive_from_model(self, ws: ModelSocket) -> None:
         while True:

@@ -398,8 +398,8 @@ def create_app(
             logger.warning("%s refused: %s", request_path(), record)
             return Response("forbidden\n", 403)
         if "permessage-deflate" in ws.headers.get("Sec-WebSocket-Extensions", ""):
-            # hypercorn 0.18 always accepts it when offered (no switch): CPU for little gain.
-            logger.info("%s ACS offered permessage-deflate; hypercorn will accept it", record.ids)
+            # Declined at the handshake (server.decline_permessage_deflate): CPU for little gain.
+            logger.info("%s ACS offered permessage-deflate; declined", record.ids)
         logger.info(
             "%s media socket connected (x-ms-call-correlation-id=%s)",
             record.ids,

@@ -20,9 +20,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol import ws_stream
 from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import GRACEFUL_TIMEOUT_S, WEBSOCKET_MAX_MESSAGE_BYTES, Settings
@@ -34,6 +36,7 @@ from .quart_media import AcsTrioApp
 __all__ = [
     "Launch",
     "check_listen_address",
+    "decline_permessage_deflate",
     "hypercorn_config",
     "main",
     "parser",
@@ -46,12 +49,8 @@ logger = logging.getLogger(__name__)
 
 
 def hypercorn_config(host: str, port: int) -> Config:
-    """hypercorn settings for this server.
-
-    permessage-deflate: hypercorn 0.18 accepts it whenever a client offers it (``Handshake.accept``
-    always lists ``PerMessageDeflate()``; there is no setting), so it cannot be refused here.  The
-    media route logs when ACS offers it (why it matters: docs/performance.md, "Earlier measurements").
-    """
+    """hypercorn settings for this server (and :func:`decline_permessage_deflate`)."""
+    decline_permessage_deflate()
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.websocket_max_message_size = WEBSOCKET_MAX_MESSAGE_BYTES
@@ -60,6 +59,29 @@ def hypercorn_config(host: str, port: int) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
     return config
+
+
+def decline_permessage_deflate() -> None:
+    """Answer WebSocket handshakes without per-message compression, whatever the client offers.
+
+    hypercorn 0.18 accepts ``permessage-deflate`` whenever a client offers it (its
+    ``Handshake.accept`` always lists ``PerMessageDeflate()``; there is no setting).  Compressing
+    base64 PCM costs CPU on every 20 ms frame and gains little (docs/performance.md), so this wraps
+    that method to negotiate as if nothing had been offered: the 101 carries no
+    ``Sec-WebSocket-Extensions`` (RFC 6455 §9.1: the client then sends uncompressed frames).
+    Idempotent; hypercorn is pinned in pyproject.toml.
+    """
+    handshake: Any = ws_stream.Handshake
+    original = handshake.accept
+    if getattr(original, "declines_deflate", False):
+        return
+
+    def accept(self: Any, subprotocol: Any, additional_headers: Any) -> Any:
+        self.extensions = None
+        return original(self, subprotocol, additional_headers)
+
+    accept.declines_deflate = True  # type: ignore[attr-defined]
+    handshake.accept = accept
 
 
 async def serve(

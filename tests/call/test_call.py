@@ -151,12 +151,13 @@ async def test_two_turn_call(nursery: trio.Nursery, autojump_clock: trio.testing
     # Paced: the greeting's frame k is written at max(0, 20k - 100) ms after it arrived.
     greeting_times = [t - (t0 + 0.25) for t, _ in frames[:50]]
     assert greeting_times == pytest.approx([max(0.0, 0.02 * k - 0.1) for k in range(50)], abs=1e-9)
-    # Caller audio reached the model unchanged and in order, batched 60 ms per append.
+    # Caller audio reached the model unchanged and in order, one 20 ms frame per append (the
+    # default APPEND_BATCH_MS: no frame waits for a batch).
     appends = model.events("input_audio_buffer.append")
-    assert {len(base64.b64decode(e["audio"])) for e in appends} == {2880}
-    assert model.appended_pcm() == pcm_tone(20, 1000) * (3 * len(appends))
+    assert {len(base64.b64decode(e["audio"])) for e in appends} == {960}
+    assert model.appended_pcm() == pcm_tone(20, 1000) * len(appends)
     assert summary.frames_in == 300
-    assert len(appends) == 100
+    assert len(appends) == 300
 
 
 async def test_barge_in_truncates_at_ms_played(
@@ -447,7 +448,7 @@ async def test_sixteen_khz_call_is_resampled_both_ways(
     appends = call.model.events("input_audio_buffer.append")
     # 30 frames of 640 bytes at 16 kHz became 600 ms at 24 kHz (minus the filter's startup).
     assert len(call.model.appended_pcm()) == 600 * 48
-    assert len(appends) == 10
+    assert len(appends) == 30  # one per frame (APPEND_BATCH_MS=20)
     await call.model.speak(1000)
     await trio.sleep(2)
     frames = call.acs.audio_out()

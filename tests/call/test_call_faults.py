@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
 
@@ -9,10 +11,12 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from acs_trio.call.lifecycle import EndReason
+from acs_trio.call.bridge import run_call
+from acs_trio.call.lifecycle import CallHandle, CallIds, EndReason
+from acs_trio.call.model_socket import ModelSocket
 from acs_trio.config import CallLimits
-from tests.call.test_call import LIMITS, call_with_connector, start_call
-from tests.fakes import FakeModel, pcm_tone
+from tests.call.test_call import LIMITS, NO_GREETING, call_with_connector, start_call
+from tests.fakes import FakeAcs, FakeModel, TrioMediaSocket, open_ws_pair, pcm_tone, record
 
 GARBAGE_FROM_ACS = [
     "{not json",
@@ -163,6 +167,43 @@ async def test_slow_model_applies_backpressure_and_loses_nothing(
     assert summary.frames_in == 150
     # Stalled well past the media timeout?  No: a wait on our side is not a dead line.
     assert summary.end_reason is EndReason.CALL_DISCONNECTED
+
+
+@pytest.mark.parametrize("connect_s", [0.03, 0.2, 0.5, 1.3])
+async def test_appends_queued_while_the_model_connects_stay_in_order(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, connect_s: float
+) -> None:
+    """Appends wait in the outbox while the model connects; once it is up, the ACS receive task
+    writes new appends itself (send_from_receiver).  Across that switch nothing is reordered or
+    lost: each frame carries its own value, and the model must see them all, in order."""
+    model = FakeModel(nursery, lockstep=True)  # each write waits for the model to read it
+
+    @asynccontextmanager
+    async def slow_connect() -> AsyncIterator[ModelSocket]:
+        await trio.sleep(connect_s)
+        async with model.connect() as ws:
+            yield ws
+
+    acs_client, acs_server = await open_ws_pair(nursery)
+    acs = FakeAcs(acs_client)
+    nursery.start_soon(record, acs_client, acs.seen)
+    handle = CallHandle(CallIds("order"))
+    limits = replace(LIMITS, append_batch_ms=20)  # one append per frame: the most hand-offs
+    run = partial(run_call, handle=handle, agent=NO_GREETING, limits=limits)
+    nursery.start_soon(run, TrioMediaSocket(acs_server), slow_connect)
+    await acs.send_metadata()
+    frames = [pcm_tone(20, n + 1) for n in range(150)]
+    start = trio.current_time()
+    for n, frame in enumerate(frames):
+        # Bursts of 10 frames (a jittery network): the receive task stays busy while the
+        # model sender drains the outbox, so the two interleave.
+        await trio.sleep_until(start + n // 10 * 0.2)
+        await acs.send_frame(frame)
+    await trio.sleep(0.2)
+    await wait_all_tasks_blocked()
+    assert model.appended_pcm() == b"".join(frames)
+    handle.end(EndReason.CALL_DISCONNECTED)
+    await handle.finished.wait()
 
 
 # --- regressions: hang-up races seen under load by the benchmark ------------------------------

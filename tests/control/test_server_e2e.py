@@ -148,6 +148,9 @@ async def test_one_call_through_hypercorn(nursery: trio.Nursery) -> None:
                 (b"authorization", acs.signer.bearer().encode()),
                 (b"x-ms-call-connection-id", b"conn-1"),
                 (b"x-ms-call-correlation-id", b"corr-1"),
+                # Offered and declined: had hypercorn accepted it, this client (which did not
+                # offer it through wsproto) would fail the handshake on the unexpected extension.
+                (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
             ]
             # Our own TCP stream: trio-websocket 0.12.2's client never closes its socket when the
             # server closes first (``_aclose`` returns early), which would be a ResourceWarning.
@@ -213,6 +216,24 @@ async def test_serve_without_a_model_fails_closed_before_listening() -> None:
     assert line.startswith("acs-trio serve: no realtime model configured")
     for name in ("AZURE_OPENAI_ENDPOINT", "OPENAI_API_KEY", "REALTIME_URL", "--local-peer"):
         assert name in line
+
+
+def test_permessage_deflate_offers_are_declined() -> None:
+    from hypercorn.protocol.ws_stream import Handshake
+
+    hypercorn_config("127.0.0.1", 0)  # installs the decline
+    hypercorn_config("127.0.0.1", 0)  # idempotent
+    offer = [
+        (b"connection", b"Upgrade"),
+        (b"upgrade", b"websocket"),
+        (b"sec-websocket-version", b"13"),
+        (b"sec-websocket-key", base64.b64encode(b"0123456789abcdef")),
+        (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
+    ]
+    status, headers, connection = Handshake(offer, "1.1").accept(None, [])
+    assert status == 101
+    assert b"sec-websocket-extensions" not in dict(headers)
+    assert not any(extension.enabled() for extension in connection._proto.extensions)
 
 
 def test_create_app_without_a_model_is_a_config_error() -> None:
