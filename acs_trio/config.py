@@ -27,6 +27,7 @@ __all__ = [
     "ActionSettings",
     "AgentSettings",
     "CallLimits",
+    "ClusterSettings",
     "ControlTimeouts",
     "ModelEndpoint",
     "Observability",
@@ -416,6 +417,32 @@ class SoftphoneSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Shared state for many processes/hosts (docs/deployment.md "Many instances").
+
+    ``redis_url`` unset: one process, every call's state in its memory (no Redis at all).
+    """
+
+    redis_url: str | None = None
+    #: This process's name in Redis; default: host name, pid and a random suffix.
+    instance_id: str = ""
+    #: The owner renews its lease every third of this; a crashed owner's calls are hung up by a
+    #: survivor once it has expired.
+    lease_s: float = 15.0
+    #: Live calls across all instances (atomic in Redis); ``None``: only each instance's cap.
+    max_calls: int | None = None
+    #: How long an IncomingCall's event id / context is remembered cluster-wide.
+    seen_ttl_s: float = 600.0
+    #: Deadline for one Redis command (a lost Redis must not hang a request).
+    command_timeout_s: float = 2.0
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return (
+            f"ClusterSettings(redis={'set' if self.redis_url else 'off'}, id={self.instance_id!r})"
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the server needs.  ``acs-trio serve`` requires ``model`` and ``acs``."""
 
@@ -432,6 +459,7 @@ class Settings:
     actions: ActionSettings = field(default_factory=ActionSettings)
     #: None (the default): no softphone route exists.
     softphone: SoftphoneSettings | None = None
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -466,6 +494,7 @@ class Settings:
             observability=_observability_from_env(env),
             actions=_actions_from_env(env),
             softphone=_softphone_from_env(env),
+            cluster=_cluster_from_env(env),
         )
         return replace(settings, notices=tuple(env.notices))
 
@@ -906,3 +935,20 @@ def _softphone_from_env(env: _Env) -> SoftphoneSettings | None:
             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')"
         )
     return SoftphoneSettings(token=token)
+
+
+def _redis_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"} or not (parts.netloc or parts.path):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _cluster_from_env(env: _Env) -> ClusterSettings:
+    d = ClusterSettings()
+    return ClusterSettings(
+        redis_url=env.get("REDIS_URL", _redis_url, "") or None,
+        instance_id=env.get("INSTANCE_ID", str, ""),
+        lease_s=env.get("CALL_LEASE_S", _positive_float, d.lease_s),
+        max_calls=env.get("CLUSTER_MAX_CONCURRENT_CALLS", _positive_int, 0) or None,
+    )

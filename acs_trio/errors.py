@@ -13,8 +13,9 @@ names and never on a dependency's::
     │   ├── ModelRejected           the handshake was refused (HTTP status from the service)
     │   └── ModelClosed             the open socket closed
     ├── AcsRestError                a Call Automation REST call failed
-    └── AuthError                   a JWT or per-call token was refused
-        └── KeysUnavailable         no signing keys could be fetched: cannot check now (503/1011)
+    ├── AuthError                   a JWT or per-call token was refused
+    │   └── KeysUnavailable         no signing keys could be fetched: cannot check now (503/1011)
+    └── StateUnavailable            the shared state (Redis, ``REDIS_URL``) cannot be reached now
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "ModelRejected",
     "ModelSessionFailed",
     "ProtocolError",
+    "StateUnavailable",
 ]
 
 
@@ -115,3 +117,7 @@ class AuthError(AcsTrioError):
 
 class KeysUnavailable(AuthError):
     """No JWKS could be fetched, so no token can be checked now (not the caller's fault)."""
+
+
+class StateUnavailable(AcsTrioError):
+    """The shared call state (Redis) did not answer: new calls are refused until it is back."""

@@ -48,10 +48,11 @@ def pin_to_core(core: int) -> None:
 async def open_bench(
     out_dir: Path,
     *,
-    server_core: int = 0,
+    server_core: int | str = 0,
     script_kw: dict[str, int] | None = None,
     delta_ms: int = 100,
     server_env: dict[str, str] | None = None,
+    server_args: tuple[str, ...] = (),
     arms: list[Arm] | None = None,
 ) -> AsyncIterator[Bench]:
     arms = arms or [this_tree()]
@@ -91,6 +92,7 @@ async def open_bench(
                 {**env, **arm.env},
                 out_dir,
                 core=server_core,
+                extra_args=server_args,
                 python=arm.python,
                 cwd=arm.cwd,
                 label=arm.label,

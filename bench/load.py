@@ -6,6 +6,7 @@
     python bench/load.py --levels 25,50,75 --compare ad65ca8     # same-run A/B against a git ref
     python bench/load.py --levels 25,50 --arm b20:APPEND_BATCH_MS=20   # A/B of settings
     python bench/load.py observe [--calls 40] [--rounds 4]   # CPU: metrics/recording off vs on
+    python bench/load.py cluster [--levels 20] [--workers-levels 20,40,60,...]
 
 The server runs as its own process pinned to core 0 (``taskset -c 0``); this process (fake ACS
 REST + JWKS over TLS, the fake realtime model, all media clients; asyncio + uvloop + picows +
@@ -30,7 +31,10 @@ from harness import pin_to_core  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/load.py", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "mode", nargs="?", default="run", choices=["run", "leak", "profile", "smoke", "observe"]
+        "mode",
+        nargs="?",
+        default="run",
+        choices=["run", "leak", "profile", "smoke", "observe", "cluster"],
     )
     parser.add_argument(
         "--quick", action="store_true", help="about one minute: levels 1,5,10, short windows"
@@ -55,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--concurrency", type=int, default=32, help="leak: calls at once")
     parser.add_argument("--seconds", type=float, default=30.0, help="profile: sampling time, s")
+    parser.add_argument(
+        "--workers-levels",
+        default="20,40,60,80,100,120",
+        help="cluster: ramp for --workers 1 vs 2 (empty: skip)",
+    )
     parser.add_argument("--keep-going", action="store_true", help="run: do not stop at saturation")
     parser.add_argument(
         "--compare",
@@ -116,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         from spy import profile_main as target
     elif args.mode == "observe":
         from observe_cost import observe_main as target
+    elif args.mode == "cluster":
+        from cluster import cluster_main as target
     elif args.mode == "smoke":
         from levels import smoke_main as target
     else:

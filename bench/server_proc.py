@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -45,6 +46,28 @@ def proc_sample(pid: int) -> ProcSample:
     return ProcSample(t, cpu, rss, len(os.listdir(f"/proc/{pid}/fd")))
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree_sample(pid: int) -> ProcSample:
+    """``proc_sample`` summed over the process and its children (``serve --workers N``)."""
+    samples = [proc_sample(pid)]
+    for child in _children(pid):
+        with contextlib.suppress(OSError):  # exited between the listing and the read
+            samples.append(proc_sample(child))
+    return ProcSample(
+        samples[0].t,
+        sum(x.cpu_s for x in samples),
+        sum(x.rss_kb for x in samples),
+        sum(x.fds for x in samples),
+    )
+
+
 def self_cpu_s() -> float:
     return time.process_time()
 
@@ -57,7 +80,8 @@ class ServerProcess:
         env: dict[str, str],
         out_dir: Path,
         *,
-        core: int = 0,
+        core: int | str = 0,
+        extra_args: tuple[str, ...] = (),
         python: str = sys.executable,
         cwd: Path | None = None,
         label: str = "",
@@ -69,6 +93,7 @@ class ServerProcess:
         slug = "".join(c if c.isalnum() else "-" for c in label) or "server"
         self.log_path = out_dir / f"server-{time.strftime('%Y%m%d-%H%M%S')}-{slug}.log"
         self.core = core
+        self.extra_args = extra_args
         self.python = python
         self.cwd = cwd
         self.label = label
@@ -93,6 +118,7 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting is instant, no wait
             cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd
@@ -129,7 +155,7 @@ class ServerProcess:
         return int(body["calls"])
 
     def sample(self) -> ProcSample:
-        return proc_sample(self.pid)
+        return tree_sample(self.pid)
 
     def stop(self) -> int | None:
         if self.proc is None:

@@ -15,7 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_ci(tmp_path: Path, apt_get: str) -> subprocess.CompletedProcess[str]:
+def run_ci(
+    tmp_path: Path, apt_get: str, present: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("dirname", "mktemp", "cat"):
@@ -27,6 +29,7 @@ def run_ci(tmp_path: Path, apt_get: str) -> subprocess.CompletedProcess[str]:
         "apt-get": f'echo "apt-get $* DEBIAN_FRONTEND=${{DEBIAN_FRONTEND:-}}" >> {tmp_path}/log\n'
         + apt_get,
         "python3": f"echo python3 >> {tmp_path}/log; exit 3",
+        **{tool: "exit 0" for tool in present},
     }
     for name, body in stand_ins.items():
         script = bin_dir / name
@@ -57,3 +60,15 @@ def test_ci_run_stops_when_the_install_fails(tmp_path: Path) -> None:
     assert result.returncode == 100
     assert "Unable to locate package chromium" in result.stderr
     assert "python3" not in (tmp_path / "log").read_text()
+
+
+@pytest.mark.skipif(not Path("/bin/bash").exists(), reason="needs /bin/bash")
+def test_ci_run_installs_redis_server_for_the_cluster_tests(tmp_path: Path) -> None:
+    result = run_ci(tmp_path, "exit 0", present=("chromium",))  # no redis-server appears
+    log = (tmp_path / "log").read_text().splitlines()
+    assert log[0].startswith("apt-get update")
+    assert log[1].startswith("apt-get install -y") and " redis-server " in log[1]
+    assert log[1].endswith("DEBIAN_FRONTEND=noninteractive")
+    assert result.returncode != 0  # still missing: stop before the suite, which would fail
+    assert "python3" not in log
+    assert "redis-server" in result.stderr

@@ -229,3 +229,27 @@ def test_transcription_models_with_a_shutdown_date_are_warned() -> None:
     assert "INPUT_TRANSCRIPTION_MODEL" in warning
     assert transcription_shutdown_warning("gpt-transcribe") is None
     assert transcription_shutdown_warning("") is None  # transcription disabled
+
+
+def test_no_redis_url_means_one_process() -> None:
+    cluster = Settings.from_env({}).cluster
+    assert cluster.redis_url is None
+    assert cluster.max_calls is None
+
+
+def test_redis_settings_and_their_errors() -> None:
+    cluster = Settings.from_env(
+        {
+            "REDIS_URL": "rediss://:secret@cache.example:6380/0",
+            "INSTANCE_ID": "pod-a",
+            "CALL_LEASE_S": "5",
+            "CLUSTER_MAX_CONCURRENT_CALLS": "300",
+        }
+    ).cluster
+    assert cluster.redis_url == "rediss://:secret@cache.example:6380/0"
+    assert (cluster.instance_id, cluster.lease_s, cluster.max_calls) == ("pod-a", 5.0, 300)
+    assert "secret" not in repr(cluster)
+    with pytest.raises(ConfigError, match="REDIS_URL="):
+        Settings.from_env({"REDIS_URL": "http://cache:6379"})
+    with pytest.raises(ConfigError, match="CALL_LEASE_S="):
+        Settings.from_env({"REDIS_URL": "redis://cache", "CALL_LEASE_S": "0"})

@@ -52,6 +52,7 @@ from ..wire.acs_media import AudioData, AudioMetadata, DtmfData, UnknownKind, pa
 from .agent_audio import AgentAudio, OutboundFrame
 from .caller_audio import CallerAudio
 from .conversation import Conversation
+from .conversation_store import Turn
 from .dtmf import DtmfCollector, dtmf_text
 from .lifecycle import CallHandle, CallSummary, EndReason
 from .media_socket import MediaSocket
@@ -164,6 +165,19 @@ class _CallBridge:
         # The model session (call/model_session.py); see docs/architecture.md.
         self.event_ids = EventIds(f"acs_{handle.ids.call_id[-12:]}")
         self.conversation = Conversation(limits.replay_max_chars)
+        #: Where the conversation is kept for a resume on another instance (``REDIS_URL``).  A
+        #: call taken over from a dead instance starts with that instance's conversation.
+        self.saved = handle.conversation
+        self.resumed = False
+        if self.saved is not None:
+            for index, turn in enumerate(self.saved.history()):
+                said = (
+                    self.conversation.caller_said
+                    if turn.role == "user"
+                    else self.conversation.agent_said
+                )
+                said(f"earlier_{index}", turn.text)
+                self.resumed = True
         #: A session is open, confirmed and fed: caller audio goes to the outbox, not the gap.
         self.model_live = False
         self.sessions = 0
@@ -524,13 +538,18 @@ class _CallBridge:
         self.session_live_since = now
         first = self.sessions == 0
         self.sessions += 1
-        if first:
+        if first and not self.resumed:
             self.log.info("model session ready in %.0f ms", (now - self.summary.started_at) * 1000)
             if self.agent.greeting:
                 self.playout.expect_greeting(now)
                 self.greeting_owed = True
         else:
-            self.summary.model_reconnects += not self.recycle_pending
+            if first:  # resumed on this instance: the conversation, not a second greeting
+                self.log.info(
+                    "resuming the conversation (%d items)", len(self.conversation.texts())
+                )
+            else:
+                self.summary.model_reconnects += not self.recycle_pending
             # Items of the lost session whose audio never arrived (the transcript runs ahead
             # of it) were not heard: they are not replayed.
             for item_id in self.agent_audio.unheard_items(self.agent_audio.session):
@@ -722,11 +741,13 @@ class _CallBridge:
             self.observer.on_transcript(
                 "agent", event.transcript, trio.current_time(), item_id=event.item_id
             )
+            self.save_conversation()
         elif isinstance(event, rt.InputTranscript):
             self.conversation.caller_said(event.item_id, event.transcript)
             self.observer.on_transcript(
                 "caller", event.transcript, trio.current_time(), item_id=event.item_id
             )
+            self.save_conversation()
 
     def on_model_error(self, event: rt.ErrorEvent) -> None:
         self.summary.model_errors += 1
@@ -784,6 +805,16 @@ class _CallBridge:
             )
         await self.settle_cut_items(ws, {} if cut is None else cut.played_ms)
 
+    def save_conversation(self) -> None:
+        """Hand the conversation as heard to the store (``REDIS_URL``); never waits."""
+        if self.saved is not None:
+            self.saved.save(
+                [
+                    Turn("user" if role == "user" else "assistant", text)
+                    for role, text in self.conversation.texts()
+                ]
+            )
+
     async def settle_cut_items(self, ws: ModelSocket, played: dict[str, float]) -> None:
         """Tell the model what the caller heard of each cut item: truncate at the played ms
         the items heard in part, delete those not heard at all (docs/protocols/realtime.md §5)."""
@@ -815,6 +846,7 @@ class _CallBridge:
             self.conversation.heard(item_id, heard_ms / state.received_ms)
             self.log.info("barge-in: truncating %s at %d ms (as played)", item_id, heard_ms)
             await ws.send(rt.truncate_item(item_id, heard_ms, event_id=self.event_ids()))
+        self.save_conversation()  # what was heard of the cut items changed the log
 
     async def push_frames(self, frames: list[OutboundFrame]) -> None:
         try:

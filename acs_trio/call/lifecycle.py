@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .actions import CallControl
+from .conversation_store import ConversationStore
 from .observer import NULL_OBSERVER, CallObserver
 
 __all__ = ["CallHandle", "CallIds", "CallSummary", "EndReason"]
@@ -96,6 +97,8 @@ class CallHandle:
         self.caller = ""
         #: How the call asks the control plane for call actions (transfer); None without one.
         self.control: CallControl | None = None
+        #: Where the conversation is kept for a resume elsewhere (``None``: nowhere, one process).
+        self.conversation: ConversationStore | None = None
 
     def end(self, reason: EndReason, detail: str = "") -> None:
         """Ask the call to end for ``reason``.  Safe to call at any time, from any task.

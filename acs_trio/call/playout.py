@@ -135,7 +135,9 @@ class Playout:
     def interrupt(self) -> Interruption | None:
         """The caller started speaking: stop all agent audio of the cut responses.
 
-        Returns None when nothing was audible or queued (no barge-in), else what was cut.
+        Returns None when nothing was audible or queued (no barge-in), else what was cut.  Also
+        None once :meth:`run` has ended (the call is ending: caller speech that starts just then
+        is no barge-in, and must not turn the call's real end into an internal error).
         """
         now = trio.current_time()
         dropped = 0
@@ -144,6 +146,8 @@ class Playout:
                 self._frames.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
+            except trio.ClosedResourceError:  # run() has exited and closed its channel
+                return None
             dropped += 1
         self._summary.frames_dropped_barge_in += dropped
         # ACS may still be playing up to one lead past our estimate of its queue's end.

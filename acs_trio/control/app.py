@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -31,7 +31,7 @@ from ..config import (
     model_shutdown_warning,
     transcription_shutdown_warning,
 )
-from ..errors import AuthError, KeysUnavailable
+from ..errors import AuthError, KeysUnavailable, StateUnavailable
 from ..tools import load_tools
 from ..wire.webhook import (
     BadBody,
@@ -45,6 +45,7 @@ from ..wire.webhook import (
 from . import hypercorn_ws
 from .acs_rest import HttpTransport, open_acs_rest
 from .auth import JwtVerifier, bearer_token
+from .call_store import CallStore
 from .control_plane import Admission, ControlPlane
 from .log_safe import clip
 from .loop_lag import LoopLag
@@ -119,21 +120,23 @@ class _Runtime:
                 audience=self.acs.resource_id,
             )
             server, webhook = self.settings.server, self.settings.webhook
-            plane = ControlPlane(
-                rest,
-                public_base_url=self.acs.public_base_url,
-                max_concurrent_calls=server.max_concurrent_calls,
-                timeouts=self._timeouts,
-                answer_bucket=TokenBucket(webhook.answer_rate_per_s, webhook.answer_burst),
-                loop_lag=self.loop_lag,
-                max_loop_lag_s=server.max_loop_lag_ms / 1000,
-                overflow_target=webhook.overflow_target,
-                enable_dtmf_tones=self.settings.actions.dtmf_enabled,
-                connect_model=self.connect_model,
-            )
-            if (softphone := self.softphone) is not None:
-                plane.other_calls = lambda: len(softphone.calls)
-            async with trio.open_nursery() as nursery:
+            async with self._shared_state() as store, trio.open_nursery() as nursery:
+                plane = ControlPlane(
+                    rest,
+                    public_base_url=self.acs.public_base_url,
+                    max_concurrent_calls=server.max_concurrent_calls,
+                    timeouts=self._timeouts,
+                    answer_bucket=TokenBucket(webhook.answer_rate_per_s, webhook.answer_burst),
+                    loop_lag=self.loop_lag,
+                    max_loop_lag_s=server.max_loop_lag_ms / 1000,
+                    overflow_target=webhook.overflow_target,
+                    enable_dtmf_tones=self.settings.actions.dtmf_enabled,
+                    connect_model=self.connect_model,
+                    store=store,
+                    cluster_max_calls=self.settings.cluster.max_calls,
+                )
+                if (softphone := self.softphone) is not None:
+                    plane.other_calls = lambda: len(softphone.calls)
                 self.plane = plane
                 await nursery.start(self.verifier.run)  # keys at start-up, then on a timer
                 await nursery.start(self.loop_lag.run)
@@ -148,6 +151,17 @@ class _Runtime:
                 task_status.started()
                 await plane.finished.wait()  # stop(): drained, closed, every supervisor done
                 nursery.cancel_scope.cancel()
+
+    @contextlib.asynccontextmanager
+    async def _shared_state(self) -> AsyncIterator[CallStore | None]:
+        """Redis when ``REDIS_URL`` is set (imported only then), else nothing: one process."""
+        if not self.settings.cluster.redis_url:
+            yield None
+            return
+        from .redis_state import open_redis_store
+
+        async with open_redis_store(self.settings.cluster) as store:
+            yield store
 
     async def stop(self) -> None:
         if self.softphone is not None:
@@ -253,11 +267,16 @@ def create_app(
     async def healthz() -> dict[str, object]:  # noqa: ASYNC124 - Quart runs sync views in threads
         # Liveness, plus what an operator (and the leak check in bench/) wants to see.
         plane = rt.plane
-        return {
+        health: dict[str, object] = {
             "status": "ok",
             "calls": 0 if plane is None else len(plane.calls),
             "draining": False if plane is None else plane.draining,
         }
+        if plane is not None and plane.store is not None:
+            health["instance"] = plane.store.instance_id
+            health["redis"] = "ok" if plane.store.available else "unreachable"
+            health["cluster_calls"] = plane.store.cluster_calls
+        return health
 
     @app.get("/metrics")
     async def metrics() -> Response:  # noqa: ASYNC124 - Quart runs sync views in threads
@@ -328,8 +347,11 @@ def create_app(
             elif isinstance(item, IncomingCall):
                 # Without JWKS keys no media socket could be verified: 503, not an answer.
                 keys = rt.verifier is not None and rt.verifier.loaded
+                plane = rt.plane
                 outcome = (
-                    rt.plane.admit(item) if rt.plane is not None and keys else Admission.NOT_READY
+                    await plane.admit_anywhere(item)
+                    if plane is not None and keys
+                    else Admission.NOT_READY
                 )
                 redeliver = redeliver or outcome.redeliver
                 if rt.metrics is not None:
@@ -366,6 +388,15 @@ def create_app(
         events = await _json_events()
         if isinstance(events, Response):
             return events
+        if rt.plane is not None:
+            # Shared state: a call run by another instance is forwarded to it, before the
+            # known / recently-ended check below would answer 404.
+            try:
+                if await rt.plane.route_callbacks(token, events):
+                    return Response("", 200)
+            except StateUnavailable as exc:
+                logger.warning("%s refused: %s", request_path(), exc)
+                return Response("shared state unavailable\n", 503)
         found = known or (rt.plane is not None and rt.plane.recently_ended(token))
         for item in decode_callbacks(events):
             if isinstance(item, Skipped):
@@ -382,7 +413,13 @@ def create_app(
         plane = rt.plane
         if plane is None:
             return Response("not ready\n", 503)
-        if not plane.knows_media_token(token):  # before any JWKS work: junk URLs cost nothing
+        try:
+            # Before any JWKS work: junk URLs cost nothing (one Redis GET when shared).
+            known = await plane.knows_media_token(token)
+        except StateUnavailable as exc:
+            logger.warning("%s refused: %s", request_path(), exc)
+            return Response("shared state unavailable\n", 503)
+        if not known:
             logger.warning("%s refused: unknown or finished call token", request_path())
             return Response("forbidden\n", 403)
         # docs/protocols/acs.md §5.2: the doc's prose says "Authentication header", its sample reads
@@ -402,7 +439,9 @@ def create_app(
         except AuthError as exc:
             logger.warning("%s refused: %s", request_path(), exc)
             return Response("unauthorized\n", 401)
-        record = plane.claim_media(token, ws.headers.get("x-ms-call-connection-id", ""))
+        record = await plane.claim_media_anywhere(
+            token, ws.headers.get("x-ms-call-connection-id", "")
+        )
         if isinstance(record, str):
             logger.warning("%s refused: %s", request_path(), record)
             return Response("forbidden\n", 403)

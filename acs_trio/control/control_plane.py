@@ -16,7 +16,8 @@ import logging
 import math
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import trio
 
@@ -24,10 +25,11 @@ from ..call.lifecycle import CallHandle, CallIds, EndReason
 from ..call.model_socket import ModelConnector
 from ..call.predial import PreDial
 from ..config import MAX_PENDING_REJECTS, SEEN_EVENTS_MAX, ControlTimeouts
-from ..errors import AcsRestError
-from ..wire.webhook import CallbackEvent, IncomingCall
+from ..errors import AcsRestError, StateUnavailable
+from ..wire.webhook import CallbackEvent, IncomingCall, decode_callbacks
 from .acs_rest import AcsRest
 from .call_actions import TRANSFER_EVENTS, RecordControl
+from .call_store import CallStore, StoredCall
 from .log_safe import clip, id_chars
 from .loop_lag import LoopLag
 from .rate_limit import TokenBucket
@@ -58,11 +60,18 @@ class Admission(enum.StrEnum):
     FULL = "full"
     OVERLOADED = "overloaded"  # the event loop lags: one more call would hurt every call
     RATE_LIMITED = "rate_limited"
+    #: Shared state only: Redis cannot be reached, so no new call can be registered.
+    UNAVAILABLE = "state_unavailable"
 
     @property
     def redeliver(self) -> bool:
         """True if Event Grid should deliver this event again (the route answers 503)."""
-        return self in {Admission.NOT_READY, Admission.DRAINING, Admission.RATE_LIMITED}
+        return self in {
+            Admission.NOT_READY,
+            Admission.DRAINING,
+            Admission.RATE_LIMITED,
+            Admission.UNAVAILABLE,
+        }
 
 
 class ControlPlane:
@@ -81,6 +90,8 @@ class ControlPlane:
         overflow_target: str = "",
         enable_dtmf_tones: bool = True,
         connect_model: ModelConnector | None = None,
+        store: CallStore | None = None,
+        cluster_max_calls: int | None = None,
     ) -> None:
         self._rest = rest
         #: Early dial (issue 10): with a connector, each admitted call dials its model at once.
@@ -109,6 +120,9 @@ class ControlPlane:
         #: Set when :meth:`run` has returned (after :meth:`close`, every supervisor done).
         self.finished = trio.Event()
         self.draining = False
+        #: Shared state (``REDIS_URL``); ``None``: one process, everything in the dicts above.
+        self.store = store
+        self._cluster_max_calls = cluster_max_calls
         #: Live calls the plane does not own that share MAX_CONCURRENT_CALLS (browser calls).
         self.other_calls: Callable[[], int] = lambda: 0
 
@@ -116,10 +130,15 @@ class ControlPlane:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The server-level nursery; returns after :meth:`close` once every supervisor is done."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await self._closed.wait()
+        async with trio.open_nursery() as shared:
+            if self.store is not None:
+                # Lease, inbox and reaper run until the last supervisor here has ended.
+                await shared.start(self.store.run, self)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._closed.wait()
+            shared.cancel_scope.cancel()
         self._nursery = None
         self.finished.set()
 
@@ -143,6 +162,7 @@ class ControlPlane:
             and not self.draining
             and self.live_calls + self.other_calls() < self._max_calls
             and not self.overloaded
+            and (self.store is None or self.store.available)
         )
 
     async def wait_idle(self) -> None:
@@ -180,10 +200,7 @@ class ControlPlane:
 
     def admit(self, incoming: IncomingCall) -> Admission:
         """Decide about one IncomingCall without waiting; answering continues in the background."""
-        keys = (
-            "id:" + _digest(incoming.event_id),
-            "ctx:" + _digest(incoming.incoming_call_context),
-        )
+        keys = _seen_keys(incoming)
         if any(key in self._seen for key in keys):
             return Admission.DUPLICATE
         nursery = self._nursery
@@ -204,7 +221,74 @@ class ControlPlane:
             self._seen[key] = None
         while len(self._seen) > SEEN_EVENTS_MAX:
             self._seen.popitem(last=False)
+        return self._start(nursery, incoming, secrets.token_urlsafe(32))
+
+    async def admit_anywhere(self, incoming: IncomingCall) -> Admission:
+        """:meth:`admit`, with duplicates and the count decided cluster-wide when shared.
+
+        The same gates as :meth:`admit` (full or overloaded: turned away; over the answer rate:
+        503), plus Redis unreachable: 503.  A caller is only turned away once Redis has said the
+        delivery is not a duplicate of a call another instance answered.
+        """
+        store = self.store
+        if store is None:
+            return self.admit(incoming)
+        keys = _seen_keys(incoming)
+        if any(key in self._seen for key in keys):
+            return Admission.DUPLICATE
+        nursery = self._nursery
+        if nursery is None:
+            return Admission.NOT_READY
+        if self.draining:
+            return Admission.DRAINING
+        if not store.available:
+            # Known down (logged once): answer 503 at once; the lease loop notices it is back.
+            return Admission.UNAVAILABLE
+        turn_away: Admission | None = None
+        if self.live_calls + self.other_calls() >= self._max_calls:
+            turn_away = Admission.FULL
+        elif self.overloaded:
+            turn_away = Admission.OVERLOADED
+        elif self._bucket is not None and not self._bucket.try_take():
+            return Admission.RATE_LIMITED
         token, media_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        call = StoredCall(
+            token,
+            store.instance_id,
+            correlation_id=incoming.correlation_id,
+            server_call_id=incoming.server_call_id,
+            media_token=media_token,
+        )
+        # Turned away here: Redis still decides "duplicate" first, registering nothing (-1).
+        max_calls = -1 if turn_away is not None else self._cluster_max_calls
+        try:
+            outcome = await store.admit(keys, call, max_calls)
+        except StateUnavailable:
+            return Admission.UNAVAILABLE
+        if outcome == "duplicate":
+            return Admission.DUPLICATE
+        if self._nursery is None or self.draining:  # closed or draining while Redis answered
+            if outcome == "answering":
+                await self._release(token)
+            return Admission.DRAINING
+        if outcome != "answering":
+            why = turn_away or Admission.FULL  # else the cluster is full
+            self._turn_away(self._nursery, incoming, why)
+            return why
+        for key in keys:
+            self._seen[key] = None
+        while len(self._seen) > SEEN_EVENTS_MAX:
+            self._seen.popitem(last=False)
+        return self._start(self._nursery, incoming, token, media_token)
+
+    def _start(
+        self,
+        nursery: trio.Nursery,
+        incoming: IncomingCall,
+        token: str,
+        media_token: str | None = None,
+    ) -> Admission:
+        media_token = media_token or secrets.token_urlsafe(32)
         pending_id = f"pending-{id_chars(incoming.server_call_id[-12:] or incoming.event_id[:12])}"
         record = CallRecord(
             token=token,
@@ -218,6 +302,8 @@ class ControlPlane:
         record.handle.control = self._controls[token] = control
         if self._connect_model is not None:
             record.predial = PreDial(self._connect_model)
+        if self.store is not None:
+            record.handle.conversation = self.store.conversation(token, ())
         # Registered BEFORE answer_call: the media socket may connect before it returns.
         self.calls[token] = record
         self._media_tokens[media_token] = token
@@ -253,8 +339,11 @@ class ControlPlane:
 
     # -- the media route and callbacks ---------------------------------------------------------
 
-    def knows_media_token(self, media_token: str) -> bool:
-        return media_token in self._media_tokens
+    async def knows_media_token(self, media_token: str) -> bool:
+        """A media token this instance or (shared) any instance holds; StateUnavailable if unsure."""
+        if media_token in self._media_tokens or self.store is None:
+            return media_token in self._media_tokens
+        return await self.store.lookup_media(media_token) is not None
 
     def knows_token(self, token: str) -> bool:
         return token in self.calls
@@ -306,6 +395,150 @@ class ControlPlane:
         record.handle.restart()
         record.media_resumed.set()
         return record
+
+    def runs_here(self, token: str) -> bool:
+        record = self.calls.get(token)
+        return record is not None and not record.handed_over_to
+
+    async def claim_media_anywhere(
+        self, media_token: str, call_connection_id: str
+    ) -> CallRecord | str:
+        """:meth:`claim_media`; shared: a call answered elsewhere moves here (atomic in Redis).
+
+        A socket re-established to the instance that runs the call resumes it there
+        (:meth:`claim_media`); one that lands on another instance takes the call over.
+        """
+        local = self._media_tokens.get(media_token)
+        if self.store is None or (local is not None and self.runs_here(local)):
+            return self.claim_media(media_token, call_connection_id)
+        if self._nursery is None:
+            return "not ready"
+        # While draining, a media socket that still reaches us (the balancer has not yet taken
+        # this instance out) is served: refusing it would drop the call.  The drain waits for it.
+        try:
+            token = await self.store.lookup_media(media_token)
+            if token is None:
+                return "unknown or finished call token"
+            claimed = await self.store.claim(token, call_connection_id)
+        except StateUnavailable:
+            return "shared state unavailable: cannot claim the call"
+        if isinstance(claimed, str):
+            return claimed
+        try:
+            history = await self.store.history(token)
+        except StateUnavailable:
+            history = []  # the call goes on without its context rather than not at all
+        incoming = IncomingCall(
+            event_id="",
+            incoming_call_context="",
+            correlation_id=claimed.correlation_id,
+            server_call_id=claimed.server_call_id,
+            caller="-",
+        )
+        call_id = claimed.call_connection_id or f"pending-{token[:8]}"
+        record = CallRecord(
+            token=token,
+            handle=CallHandle(CallIds(id_chars(call_id), id_chars(claimed.correlation_id))),
+            incoming=incoming,
+            call_connection_id=claimed.call_connection_id,
+            adopted=True,
+            media_token=media_token,
+        )
+        record.handle.conversation = self.store.conversation(token, history)
+        control = RecordControl(record, self._rest, rest_timeout_s=self._timeouts.answer_s)
+        record.handle.control = self._controls[token] = control
+        record.media_attached = True
+        record.media_connected.set()
+        logger.info("%s taken over (%d earlier turn(s))", record.ids, len(history))
+        self.calls[token] = record
+        self._media_tokens[media_token] = token
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        self._nursery.start_soon(self._supervise, record)
+        return record
+
+    async def route_callbacks(self, token: str, events: list[Any]) -> bool:
+        """Shared: forward callbacks for a call run elsewhere to its owner; True if done so.
+
+        False means "apply them here" (our call, or no shared state).  Raises
+        :class:`StateUnavailable` when Redis cannot say who owns the call.
+        """
+        if self.store is None or self.runs_here(token):
+            return False
+        call = await self.store.lookup(token)
+        if call is None or call.owner == self.store.instance_id:
+            return False  # unknown or recently ended (on_callback answers), or released here
+        if await self.store.forward(call.owner, token, events):
+            logger.info(
+                "callbacks for call=%s forwarded to %s",
+                id_chars(call.call_connection_id),
+                call.owner,
+            )
+        else:
+            logger.warning(
+                "callbacks for call=%s: owner %s is not alive (crashed?); "
+                "a survivor hangs the call up once its lease expires",
+                id_chars(call.call_connection_id),
+                call.owner,
+            )
+        return True
+
+    # -- hooks for the shared store (StoreHooks) -------------------------------------------------
+
+    def owned_calls(self) -> Iterable[StoredCall]:
+        assert self.store is not None
+        for record in self.calls.values():
+            if record.handed_over_to:
+                continue
+            state = "connected" if record.media_attached else "answering"
+            yield StoredCall(
+                record.token,
+                self.store.instance_id,
+                record.call_connection_id,
+                record.ids.correlation_id,
+                record.incoming.server_call_id,
+                "ending" if record.stop_requested.is_set() else state,
+                record.media_token,
+            )
+
+    def call_taken(self, token: str, new_owner: str) -> None:
+        record = self.calls.get(token)
+        if record is None or record.handed_over_to or self.store is None:
+            return
+        if new_owner == self.store.instance_id:
+            return
+        record.handed_over_to = new_owner
+        logger.info("%s taken over by instance %s: ending it here", record.ids, new_owner)
+        record.end(EndReason.CANCELLED, f"taken over by {new_owner}")
+
+    def deliver_callbacks(self, token: str, events: list[Any]) -> None:
+        for item in decode_callbacks(events):
+            if isinstance(item, CallbackEvent):
+                self.on_callback(token, item)
+            else:
+                logger.warning(
+                    "forwarded callback %s ignored: %s", clip(item.event_id), clip(item.reason)
+                )
+
+    async def hang_up_orphan(self, call: StoredCall, why: str) -> None:
+        incoming = IncomingCall("", "", call.correlation_id, call.server_call_id, "-")
+        record = CallRecord(
+            token=call.token,
+            handle=CallHandle(
+                CallIds(id_chars(call.call_connection_id or "-"), id_chars(call.correlation_id))
+            ),
+            incoming=incoming,
+            call_connection_id=call.call_connection_id,
+        )
+        await self._supervisor.hang_up(record, why)
+
+    async def _release(self, token: str) -> None:
+        if self.store is None:
+            return
+        with trio.move_on_after(self._timeouts.hang_up_s, shield=True):
+            try:
+                await self.store.release(token)
+            except StateUnavailable:
+                logger.warning("call token %s… not released in Redis (unreachable)", token[:4])
 
     def on_callback(self, token: str, event: CallbackEvent) -> bool:
         """Apply one Call Automation event to its call (docs/protocols/acs.md §3); never to another.
@@ -381,26 +614,40 @@ class ControlPlane:
     # -- one call's supervisor -----------------------------------------------------------------
 
     async def _supervise(self, record: CallRecord) -> None:
+        conversation = record.handle.conversation
         try:
             async with trio.open_nursery() as nursery:
                 if record.predial is not None:  # in parallel with answer_call
                     nursery.start_soon(record.predial.run)
+                if self.store is not None and conversation is not None:
+                    nursery.start_soon(self.store.flush_conversation, conversation)
                 await self._supervisor.run(
                     record,
                     callback_url=self.callback_url(record.token),
                     transport_url=self.transport_url(record.media_token),
                 )
-                nursery.cancel_scope.cancel()  # the call is over: drop an unused early socket
+                # The call is over: drop an unused early socket and stop saving the conversation
+                # (its record and conversation are released from Redis below).
+                nursery.cancel_scope.cancel()
         finally:
-            del self.calls[record.token]
-            del self._media_tokens[record.media_token]
-            self._ended[_digest(record.token)] = None
-            while len(self._ended) > SEEN_EVENTS_MAX:
-                self._ended.popitem(last=False)
-            del self._controls[record.token]
+            if self.calls.get(record.token) is record:  # (a call taken back has a new record)
+                del self.calls[record.token]
+                del self._controls[record.token]
+                if self._media_tokens.get(record.media_token) == record.token:
+                    del self._media_tokens[record.media_token]
+                self._ended[_digest(record.token)] = None
+                while len(self._ended) > SEEN_EVENTS_MAX:
+                    self._ended.popitem(last=False)
+            if not record.handed_over_to:
+                with trio.move_on_after(self._timeouts.hang_up_s, shield=True):
+                    await self._release(record.token)
             if not self.calls:
                 self._idle.set()
             logger.debug("%s released", record.ids)
+
+
+def _seen_keys(incoming: IncomingCall) -> tuple[str, str]:
+    return ("id:" + _digest(incoming.event_id), "ctx:" + _digest(incoming.incoming_call_context))
 
 
 def _digest(text: str) -> str:

@@ -177,6 +177,13 @@ def parser(prog: str = "acs-trio serve") -> argparse.ArgumentParser:
     parser.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
     parser.add_argument("--port", type=int, help="TCP port (default: PORT or 8000)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (above 1 needs REDIS_URL; default 1)",
+    )
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a --workers child's socket
+    parser.add_argument(
         "--local-peer",
         action="store_true",
         help="answer calls with the local ECHO TEST PEER instead of a model (development only)",
@@ -191,31 +198,43 @@ class Launch:
     settings: Settings
     host: str
     port: int
+    workers: int = 1
+    #: A ``--workers`` child serves the parent's socket, inherited as this file descriptor.
+    fd: int | None = None
 
 
 def prepare(argv: list[str], *, need_model: bool = True) -> Launch | int:
     """Parse arguments and settings; an exit code (and one line on stderr) when they are wrong."""
     args = parser().parse_args(argv)
+    if args.workers < 1:
+        print("acs-trio serve: --workers must be 1 or more", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env()
         settings.require_acs()
         settings.require_incoming_call_secret()
         if need_model:
             settings.require_model()
+        if args.workers > 1 and not settings.cluster.redis_url:
+            raise ConfigError(
+                "--workers above 1 needs REDIS_URL: a call's callbacks and media may reach any "
+                "worker, so they must share call state (or run one worker per container)"
+            )
     except ConfigError as exc:
         print(f"acs-trio serve: {exc}", file=sys.stderr)
         return 2
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
-    try:
-        check_listen_address(host, port)
-    except ConfigError as exc:
-        print(f"acs-trio serve: {exc}", file=sys.stderr)
-        return 2
+    if args.fd is None:  # (a --workers child serves the socket its parent bound)
+        try:
+            check_listen_address(host, port)
+        except ConfigError as exc:
+            print(f"acs-trio serve: {exc}", file=sys.stderr)
+            return 2
     configure_logging(settings.log_level, settings.observability.log_format)
     for notice in settings.notices:
         logger.warning("%s", notice)
-    return Launch(settings, host, port)
+    return Launch(settings, host, port, args.workers, args.fd)
 
 
 def check_listen_address(host: str, port: int) -> None:
@@ -259,8 +278,28 @@ def main(argv: list[str]) -> int:
     launch = prepare(argv)
     if isinstance(launch, int):
         return launch
+    redis_url = launch.settings.cluster.redis_url
+    if redis_url and launch.fd is None:
+        from .redis_state import check_redis
+
+        problem = trio.run(check_redis, redis_url)
+        if problem is not None:
+            print(
+                f"acs-trio serve: {problem}; start Redis or unset REDIS_URL for one process",
+                file=sys.stderr,
+            )
+            return 2
+    if launch.workers > 1:
+        from .workers import run_workers
+
+        child_args = _without_workers(argv)
+        trio.run(run_workers, launch.workers, launch.host, launch.port, child_args)
+        return 0
+    config = hypercorn_config(launch.host, launch.port)
+    if launch.fd is not None:
+        config.bind = [f"fd://{launch.fd}"]
     app = create_app(launch.settings)
-    return run_server(partial(serve, app, hypercorn_config(launch.host, launch.port)), launch)
+    return run_server(partial(serve, app, config), launch)
 
 
 def run_server(main: Callable[[], Awaitable[object]], launch: Launch) -> int:
@@ -292,3 +331,17 @@ def _first_leaf(group: BaseExceptionGroup[OSError]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    """The arguments for a child: everything but ``--workers N`` / ``--workers=N``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out

@@ -67,6 +67,10 @@ class CallRecord:
     media_sockets: int = 0
     #: The model socket dialled at admission (issue 10); the media route's run_call adopts it.
     predial: PreDial | None = None
+    #: Shared state only: answered by another instance, taken here by its media socket.
+    adopted: bool = False
+    #: Shared state only: the instance that took the call from us (then it hangs up, not us).
+    handed_over_to: str = ""
 
     @property
     def ids(self) -> CallIds:
@@ -108,7 +112,7 @@ class CallSupervisor:
 
     async def _run(self, record: CallRecord, *, callback_url: str, transport_url: str) -> None:
         try:
-            if await self._answer(record, callback_url, transport_url):
+            if record.adopted or await self._answer(record, callback_url, transport_url):
                 await self._follow(record)
         except Exception:
             # A bug or an untranslated third-party error: it must cost this call only.
@@ -264,8 +268,20 @@ class CallSupervisor:
             return None
         return f"call ended by us: {summary.end_reason.value} {summary.end_detail}".strip()
 
+    async def hang_up(self, record: CallRecord, why: str) -> None:
+        """Hang up a call this supervisor does not follow (an orphan of a crashed instance)."""
+        await self._hang_up(record, why)
+
     async def _hang_up(self, record: CallRecord, why: str) -> None:
         """Never leave a caller in dead air: shielded, retried, within a total deadline."""
+        if record.handed_over_to:
+            logger.info(
+                "%s not hung up here (%s): instance %s runs the call now",
+                record.ids,
+                why,
+                record.handed_over_to,
+            )
+            return
         if not record.call_connection_id:
             logger.warning("%s cannot hang up (%s): no call_connection_id", record.ids, why)
             return

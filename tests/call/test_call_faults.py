@@ -268,6 +268,25 @@ async def test_audio_after_the_other_side_stopped_is_not_a_crash(
     await bridge.push_frames([OutboundFrame(1, "item", b"\x00" * 960, 20.0)])
 
 
+async def test_caller_speech_as_the_playout_ends_is_no_barge_in_and_no_crash(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """speech_started racing the call's end: Playout.run has closed its channel already."""
+    from acs_trio.call.bridge import _CallBridge
+    from acs_trio.call.lifecycle import CallHandle, CallIds
+    from acs_trio.call.playout import OutboundFrame
+    from acs_trio.config import AgentSettings
+    from tests.fakes import TrioMediaSocket, open_ws_pair
+
+    _, server = await open_ws_pair(nursery)
+    bridge = _CallBridge(TrioMediaSocket(server), CallHandle(CallIds("c")), AgentSettings(), LIMITS)
+    await bridge.push_frames([OutboundFrame(1, "item", b"\x00" * 960, 20.0)])
+    bridge.playout._frames.close()  # Playout.run has exited (the call is ending)
+    assert bridge.playout.interrupt() is None  # was: trio.ClosedResourceError
+    await bridge.keypad_barge_in()  # a key at that moment: nothing to cut either
+    assert bridge.summary.barge_ins == 0
+
+
 async def test_an_unexpected_error_while_connecting_is_a_crash_of_this_call_only(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -523,3 +523,17 @@ async def test_a_re_established_media_socket_resumes_the_real_call(nursery: trio
     assert len(greetings) == 1  # and is not greeted twice
     assert acs.hang_up_attempts == []
     stop.set()
+
+
+async def test_workers_without_redis_fail_closed_in_one_line() -> None:
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "acs_trio", "serve", "--workers", "2", "--port", "1"],
+            env=_env(REALTIME_URL="ws://127.0.0.1:9/v1/realtime"),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    [line] = result.stderr.decode().strip().splitlines()
+    assert line.startswith("acs-trio serve: --workers above 1 needs REDIS_URL")

@@ -55,6 +55,9 @@ class SimCall:
     hang_up_at: float | None = None
     #: REST requests for this call that were refused, with the reason.
     rest_problems: list[str] = field(default_factory=list)
+    #: Set when the server rejects the ringing call (``:reject``); ``reject_reason`` says how.
+    rejected: trio.Event = field(default_factory=trio.Event)
+    reject_reason: str | None = None
 
     def properties(self) -> dict[str, Any]:
         """``CallConnectionProperties`` in the generated model's wire shape (§2.2)."""

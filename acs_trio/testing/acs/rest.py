@@ -109,6 +109,9 @@ class FakeAcsApp:
         if path == "/calling/callConnections:answer" and method == "POST":
             call = self._answer(_json_object(body))
             return 200, call.properties(), call
+        if path == "/calling/callConnections:reject" and method == "POST":
+            self._reject(_json_object(body))
+            return 204, None, None
         match = _CONNECTION.match(path)
         found = self.registry.by_connection(match["id"]) if match else None
         if match is None or found is None or found.state == "none":
@@ -130,6 +133,21 @@ class FakeAcsApp:
         call.hang_up_via = via
         call.hang_up_at = trio.current_time()
         call.hung_up.set()
+
+    def _reject(self, body: dict[str, Any]) -> None:
+        """``RejectCallRequest``: a ringing call is refused (``callRejectReason`` busy/forbidden/none)."""
+        context = body.get("incomingCallContext")
+        call = self.registry.by_context(context) if isinstance(context, str) else None
+        if call is None:
+            raise BadRequest(400, "BadRequest", "incomingCallContext is unknown or expired")
+        if call.state != "none":
+            raise BadRequest(400, "BadRequest", "call already answered with this context")
+        reason = body.get("callRejectReason", "none")
+        if reason not in {"none", "busy", "forbidden"}:
+            raise BadRequest(400, "BadRequest", "callRejectReason must be none, busy or forbidden")
+        call.state = "rejected"
+        call.reject_reason = str(reason)
+        call.rejected.set()
 
     def _answer(self, body: dict[str, Any]) -> SimCall:
         """Validate an ``AnswerCallRequest`` (docs/protocols/acs.md §2.2/§2.3) and connect the call."""
