@@ -435,7 +435,10 @@ def sweep_recordings(directory: Path, max_age_days: float, *, now: float | None 
             if path.suffix in {".wav", ".jsonl", ".json"} and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
-        if not any(day.iterdir()):
+        # An empty folder goes only once its whole day is past the cutoff: today's folder may be
+        # empty because a recording is being opened in it right now (mkdir, then open).
+        day_ends = dt.datetime.strptime(day.name, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
+        if day_ends + 86400 < cutoff and not any(day.iterdir()):
             day.rmdir()
     return removed
 

@@ -270,3 +270,15 @@ async def test_recorded_calls_leave_trios_worker_threads_to_the_rest_of_the_serv
 
 def count_files(directory: Path, pattern: str) -> int:
     return len(list(directory.glob(pattern)))
+
+
+def test_retention_leaves_a_day_folder_that_is_still_current(tmp_path: Path) -> None:
+    """A recording being opened has made today's folder but not yet its files: keep the folder."""
+    now = time.time()
+    today = tmp_path / time.strftime("%Y-%m-%d", time.gmtime(now))
+    today.mkdir()
+    old = tmp_path / "2020-01-01"
+    old.mkdir()
+    assert sweep_recordings(tmp_path, 0.5, now=now) == 0
+    assert today.is_dir()
+    assert not old.exists()
