@@ -120,8 +120,11 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: calls set, call hash, the owner's instance key.  ARGV: owner, us.  The owner's lease is
+# checked here, atomically with the take: it may have renewed since the scan saw it gone.
 _REAP = """
 if redis.call('HGET', KEYS[2], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], 'owner', ARGV[2], 'state', 'ending')
 return 1
 """
@@ -356,7 +359,10 @@ class RedisCallStore:
                 continue
             won: Any = await self._do(
                 "reaper claim",
-                self._reap(keys=[CALLS, _call_key(token)], args=[call.owner, self.instance_id]),
+                self._reap(
+                    keys=[CALLS, _call_key(token), _instance_key(call.owner)],
+                    args=[call.owner, self.instance_id],
+                ),
             )
             if won:
                 found.append(call)

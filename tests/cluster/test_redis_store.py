@@ -1,0 +1,80 @@
+"""RedisCallStore against a real redis-server, without the HTTP servers around it: the lease and
+the reaper's decisions under a slow Redis and racing instances.  Real time (short leases)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import pytest
+import trio
+
+from acs_trio.config import ClusterSettings
+from acs_trio.control import redis_state
+from acs_trio.control.call_store import StoredCall
+from acs_trio.control.redis_state import RedisCallStore, open_redis_store
+from tests.cluster.harness import RedisServer, free_port
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="redis-server: Linux CI")
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.calls: list[StoredCall] = []
+        self.taken: list[tuple[str, str]] = []
+
+    def owned_calls(self) -> Iterable[StoredCall]:
+        return list(self.calls)
+
+    def call_taken(self, token: str, new_owner: str) -> None:
+        self.taken.append((token, new_owner))
+
+    def deliver_callbacks(self, token: str, events: list[Any]) -> None:
+        pass
+
+    async def hang_up_orphan(self, call: StoredCall, why: str) -> None:
+        pass
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    server = RedisServer(free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.aclose()
+
+
+def _settings(redis: RedisServer, name: str, lease_s: float = 15.0) -> ClusterSettings:
+    return ClusterSettings(redis_url=redis.url, instance_id=name, lease_s=lease_s)
+
+
+async def _exists(store: RedisCallStore, key: str) -> bool:
+    return bool(await store._redis.exists([key]))
+
+
+async def test_reaper_does_not_take_a_call_whose_owner_renewed_meanwhile(
+    redis: RedisServer,
+) -> None:
+    """The scan saw owner A's lease gone; A renews before the claim: the call stays A's."""
+    async with (
+        open_redis_store(_settings(redis, "A")) as a,
+        open_redis_store(_settings(redis, "B")) as b,
+    ):
+        call = StoredCall("tok-1", "A", "ccid-1", "corr", "scid", "connected", "media-1")
+        assert await a.admit(["seen-1"], call, None) == "answering"
+        do = b._do
+
+        async def owner_renews_just_before_the_claim(what: str, command: Any) -> Any:
+            if what == "reaper claim":
+                await do("test", a._redis.set(redis_state._instance_key("A"), "1", px=15000))
+            return await do(what, command)
+
+        b._do = owner_renews_just_before_the_claim  # type: ignore[method-assign]
+        assert await b._orphans(Hooks()) == []
+        record = await b.lookup("tok-1")
+        assert record is not None
+        assert (record.owner, record.state) == ("A", "connected")
