@@ -2,7 +2,7 @@
 
 Keys (prefix ``acs_trio:``)::
 
-    instance:<id>      "1" with a PX lease; the instance renews it every lease/3
+    instance:<id>      "1" with a PX lease; the instance renews it every lease/3 (its own task)
     calls              SET of the tokens of live calls: the cluster-wide admission count
     call:<token>       HASH owner, ccid, corr, scid, state, media
     media:<media>      the call token of the call whose media socket URL carries <media>
@@ -242,12 +242,31 @@ class RedisCallStore:
     async def run(
         self, hooks: StoreHooks, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        await self._renew_all(hooks)
+        await self._renew_instance()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeat_loop)
+            await self._renew_all(hooks)
             nursery.start_soon(self._inbox_loop, hooks)
             nursery.start_soon(self._lease_loop, hooks)
             nursery.start_soon(self._reaper_loop, hooks)
             task_status.started()
+
+    async def _heartbeat_loop(self) -> None:
+        """The instance lease, every lease/3 on the clock: never behind the call records' writes
+        (many calls, a slow Redis) nor their lock, or survivors would hang up live calls."""
+        period = self._settings.lease_s / 3
+        deadline = trio.current_time()
+        while True:
+            deadline = max(deadline + period, trio.current_time())
+            await trio.sleep_until(deadline)
+            with contextlib.suppress(StateUnavailable):  # logged once by _do; retried next round
+                await self._renew_instance()
+
+    async def _renew_instance(self) -> None:
+        lease_ms = int(self._settings.lease_s * 1000)
+        await self._do(
+            "lease renewal", self._redis.set(_instance_key(self.instance_id), "1", px=lease_ms)
+        )
 
     async def _lease_loop(self, hooks: StoreHooks) -> None:
         while True:
@@ -256,12 +275,8 @@ class RedisCallStore:
                 await self._renew_all(hooks)
 
     async def _renew_all(self, hooks: StoreHooks) -> None:
-        lease_ms = int(self._settings.lease_s * 1000)
+        """Re-write our calls' records (restores them after Redis restarted empty)."""
         async with self._records_lock:
-            await self._do(
-                "lease renewal",
-                self._redis.set(_instance_key(self.instance_id), "1", px=lease_ms),
-            )
             for call in list(hooks.owned_calls()):
                 other = await self._write(call, "lease renewal")
                 if other:

@@ -78,3 +78,27 @@ async def test_reaper_does_not_take_a_call_whose_owner_renewed_meanwhile(
         record = await b.lookup("tok-1")
         assert record is not None
         assert (record.owner, record.state) == ("A", "connected")
+
+
+async def test_instance_lease_is_renewed_while_call_record_writes_are_slow(
+    redis: RedisServer,
+) -> None:
+    """Redis slow for the per-call writes (many calls, a busy Redis): the instance's own lease
+    must still be renewed on time, or survivors hang up its live calls."""
+    lease_s = 0.9
+    async with open_redis_store(_settings(redis, "A", lease_s)) as store:
+        hooks = Hooks()
+        hooks.calls.append(StoredCall("tok-2", "A", "ccid-2", "corr", "scid", "connected", "m2"))
+        write = store._write
+
+        async def slow_write(call: StoredCall, what: str) -> str:
+            await trio.sleep(3 * lease_s)
+            return await write(call, what)
+
+        store._write = slow_write  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run, hooks)
+            for _ in range(8):  # 2.4 lease periods
+                await trio.sleep(lease_s * 0.3)
+                assert await _exists(store, redis_state._instance_key("A"))
+            nursery.cancel_scope.cancel()
