@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -57,6 +58,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: A ``--workers`` child checks this often that its parent is still there.
+PARENT_POLL_S = 1.0
 
 
 def tune_tcp_socket(sock: socket.socket) -> None:
@@ -134,11 +138,17 @@ async def serve(
     config: Config,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    parent_pid: int | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, draining calls before hypercorn shuts down."""
+    """Serve until SIGINT/SIGTERM, draining calls before hypercorn shuts down.
+
+    ``parent_pid``: a ``--workers`` child also drains when that parent is gone.
+    """
     drained = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_on_signals, app, drained, nursery.cancel_scope)
+        if parent_pid is not None:
+            nursery.start_soon(_watch_parent, parent_pid)
         async with trio.open_nursery() as hypercorn_nursery:
             binds: list[str] = await hypercorn_nursery.start(
                 partial(hypercorn_serve, app, config, shutdown_trigger=drained.wait)
@@ -163,6 +173,17 @@ async def _on_signals(app: AcsTrioApp, drained: trio.Event, scope: trio.CancelSc
                     logger.info("%s: draining calls before shutdown", name)
                     draining = True
                     nursery.start_soon(_drain, app, drained)
+
+
+async def _watch_parent(parent_pid: int) -> None:
+    """The ``--workers`` parent was killed (-9, OOM): drain as on SIGTERM, then exit.  The
+    children run in their own sessions, so nothing else would stop them serving on forever."""
+    while True:  # no event to wait on: polled
+        await trio.sleep(PARENT_POLL_S)
+        if os.getppid() != parent_pid:
+            break
+    logger.error("--workers parent %d is gone: draining as on SIGTERM", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _drain(app: AcsTrioApp, drained: trio.Event) -> None:
@@ -296,10 +317,12 @@ def main(argv: list[str]) -> int:
         trio.run(run_workers, launch.workers, launch.host, launch.port, child_args)
         return 0
     config = hypercorn_config(launch.host, launch.port)
+    parent_pid = None
     if launch.fd is not None:
         config.bind = [f"fd://{launch.fd}"]
+        parent_pid = os.getppid()
     app = create_app(launch.settings)
-    return run_server(partial(serve, app, config), launch)
+    return run_server(partial(serve, app, config, parent_pid=parent_pid), launch)
 
 
 def run_server(main: Callable[[], Awaitable[object]], launch: Launch) -> int:

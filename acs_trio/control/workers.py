@@ -6,7 +6,8 @@ One Trio process uses one core.  The parent binds the port once and starts N chi
 A callback or a re-established media socket may reach any child, so the children share call
 state exactly as separate hosts do: ``--workers`` above 1 needs ``REDIS_URL``.
 
-The parent forwards SIGTERM/SIGINT to every child and waits for their drains; a child that dies
+The parent forwards SIGTERM/SIGINT to every child and waits for their drains (a child whose parent
+is killed drains by itself: server._watch_parent); a child that dies
 on its own is restarted after a pause (its calls are hung up by a sibling once its lease expires,
 or resumed by whichever sibling their re-established media socket reaches).  The children run in
 their own sessions, so a Ctrl-C in a terminal reaches them once, through the parent.

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -423,3 +425,42 @@ async def test_a_dropped_media_socket_resumes_where_it_lands(
         await call.media_closed.wait()
     await eventually(lambda: _no_calls_in_redis(cluster), 5)
     assert not call.sim.hung_up.is_set()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its new parent to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_workers_drain_and_exit_when_their_parent_is_killed(
+    cluster: Cluster, nursery: trio.Nursery
+) -> None:
+    """kill -9 of the `--workers` parent: the children (own sessions) must not serve on forever."""
+    parent = Instance("w", free_port(), cluster.env("w"), args=["--workers", "2"])
+    await parent.start(nursery)
+    cluster.instances = [parent]
+    await eventually(lambda: parent.count("serving on") >= 2, 20)
+    assert parent.process is not None
+    pid = parent.process.pid
+    children = await trio.to_thread.run_sync(_children, pid)
+    assert len(children) == 2
+    parent.signal(signal.SIGKILL)
+    try:
+        await eventually(lambda: not any(_alive(child) for child in children), 10)
+    finally:
+        for child in children:
+            if _alive(child):
+                os.kill(child, signal.SIGKILL)
