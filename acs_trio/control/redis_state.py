@@ -204,6 +204,9 @@ class RedisCallStore:
         self.cluster_calls = 0
         #: Renewal writes and release deletes never interleave (no resurrected records).
         self._records_lock = trio.Lock()
+        #: Calls admitted or claimed here within the last lease, by when: the reaper leaves their
+        #: records alone though the control plane may not have registered them yet.
+        self._fresh: dict[str, float] = {}
         self._admit = client.register_script(_ADMIT)
         self._renew = client.register_script(_RENEW)
         self._claim = client.register_script(_CLAIM)
@@ -351,6 +354,9 @@ class RedisCallStore:
         tokens = await self._do("reaper scan", self._redis.smembers(CALLS))
         found: list[StoredCall] = []
         alive: dict[str, bool] = {self.instance_id: True}
+        horizon = trio.current_time() - self._settings.lease_s
+        self._fresh = {token: at for token, at in self._fresh.items() if at > horizon}
+        owned = {call.token for call in hooks.owned_calls()}
         for token in tokens:
             call = await self.lookup(token)
             if call is None:
@@ -361,12 +367,9 @@ class RedisCallStore:
                     "reaper scan", self._redis.exists([_instance_key(call.owner)])
                 )
                 alive[call.owner] = bool(exists)
-            if (
-                call.owner == self.instance_id
-                and call.state == "ending"
-                and not any(owned.token == token for owned in hooks.owned_calls())
-            ):
-                # A reaped orphan whose release failed earlier (Redis was away): finish it.
+            if call.owner == self.instance_id and token not in owned and token not in self._fresh:
+                # Ours but not run here: a call (or a reaped orphan) whose release failed
+                # earlier (Redis was away).  Finish it, or it holds a slot of the cluster count.
                 with contextlib.suppress(StateUnavailable):
                     await self.release(token)
                 continue
@@ -417,6 +420,8 @@ class RedisCallStore:
             call.media_token,
         ]
         outcome: Any = await self._do("admission", self._admit(keys=keys, args=args))
+        if int(outcome) == 1:
+            self._fresh[call.token] = trio.current_time()
         return {0: "duplicate", 1: "answering"}.get(int(outcome), "full")
 
     async def update(self, call: StoredCall) -> None:
@@ -458,6 +463,7 @@ class RedisCallStore:
         if fields[0] == "mismatch":
             return f"x-ms-call-connection-id {clip(call_connection_id)} does not match"
         _, previous, ccid, corr, scid, media = fields
+        self._fresh[token] = trio.current_time()
         if previous != self.instance_id:
             notice = {"kind": "taken", "token": token, "by": self.instance_id}
             with contextlib.suppress(StateUnavailable):  # else it learns at its next renewal

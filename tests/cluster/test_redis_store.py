@@ -102,3 +102,25 @@ async def test_instance_lease_is_renewed_while_call_record_writes_are_slow(
                 await trio.sleep(lease_s * 0.3)
                 assert await _exists(store, redis_state._instance_key("A"))
             nursery.cancel_scope.cancel()
+
+
+async def test_our_own_record_left_by_a_failed_release_is_cleaned_up(redis: RedisServer) -> None:
+    """A call ended while Redis was away (its release failed): the record must not hold a slot
+    of the cluster-wide count for as long as this instance lives.  A call just admitted, not yet
+    in our registry, is left alone."""
+    lease_s = 0.5
+    async with open_redis_store(_settings(redis, "A", lease_s)) as store:
+        hooks = Hooks()  # neither call runs here (any more / yet)
+        ended = StoredCall("tok-ended", "A", "ccid-3", "corr", "scid", "answering", "m3")
+        assert await store.admit(["seen-3"], ended, 10) == "answering"
+        await store.update(
+            StoredCall("tok-ended", "A", "ccid-3", "corr", "scid", "connected", "m3")
+        )
+        await trio.sleep(lease_s * 1.5)
+        new = StoredCall("tok-new", "A", "ccid-4", "corr", "scid", "answering", "m4")
+        assert await store.admit(["seen-4"], new, 10) == "answering"
+        assert await store._orphans(hooks) == []
+        assert await store.lookup("tok-ended") is None
+        assert await store.lookup_media("m3") is None
+        assert await store.lookup("tok-new") is not None
+        assert await store._redis.smembers(redis_state.CALLS) == {"tok-new"}
