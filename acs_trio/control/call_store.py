@@ -54,6 +54,10 @@ class StoreHooks(Protocol):
         """The calls this instance runs now (their records are renewed with the lease)."""
         ...
 
+    def owned_call(self, token: str) -> StoredCall | None:
+        """One of :meth:`owned_calls` as it is now; None once it no longer runs here."""
+        ...
+
     def call_taken(self, token: str, new_owner: str) -> None:
         """Another instance claimed one of our calls (its media socket landed there)."""
         ...

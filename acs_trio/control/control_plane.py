@@ -485,20 +485,26 @@ class ControlPlane:
     # -- hooks for the shared store (StoreHooks) -------------------------------------------------
 
     def owned_calls(self) -> Iterable[StoredCall]:
+        for token in list(self.calls):
+            call = self.owned_call(token)
+            if call is not None:
+                yield call
+
+    def owned_call(self, token: str) -> StoredCall | None:
         assert self.store is not None
-        for record in self.calls.values():
-            if record.handed_over_to:
-                continue
-            state = "connected" if record.media_attached else "answering"
-            yield StoredCall(
-                record.token,
-                self.store.instance_id,
-                record.call_connection_id,
-                record.ids.correlation_id,
-                record.incoming.server_call_id,
-                "ending" if record.stop_requested.is_set() else state,
-                record.media_token,
-            )
+        record = self.calls.get(token)
+        if record is None or record.handed_over_to:
+            return None
+        state = "connected" if record.media_attached else "answering"
+        return StoredCall(
+            record.token,
+            self.store.instance_id,
+            record.call_connection_id,
+            record.ids.correlation_id,
+            record.incoming.server_call_id,
+            "ending" if record.stop_requested.is_set() else state,
+            record.media_token,
+        )
 
     def call_taken(self, token: str, new_owner: str) -> None:
         record = self.calls.get(token)

@@ -202,7 +202,7 @@ class RedisCallStore:
         self._available = True
         #: Live calls across the cluster, as of the last lease round (for /healthz and scaling).
         self.cluster_calls = 0
-        #: Renewal writes and release deletes never interleave (no resurrected records).
+        #: A record's renewal write and its release never interleave (no resurrected records).
         self._records_lock = trio.Lock()
         #: Calls admitted or claimed here within the last lease, by when: the reaper leaves their
         #: records alone though the control plane may not have registered them yet.
@@ -279,12 +279,17 @@ class RedisCallStore:
 
     async def _renew_all(self, hooks: StoreHooks) -> None:
         """Re-write our calls' records (restores them after Redis restarted empty)."""
-        async with self._records_lock:
-            for call in list(hooks.owned_calls()):
+        for token in [call.token for call in hooks.owned_calls()]:
+            # One record at a time: a claim or release never waits for the whole round; the
+            # record is read under the lock, so a call released meanwhile is not written back.
+            async with self._records_lock:
+                call = hooks.owned_call(token)
+                if call is None:
+                    continue
                 other = await self._write(call, "lease renewal")
-                if other:
-                    hooks.call_taken(call.token, other)
-            self.cluster_calls = int(await self._do("lease renewal", self._redis.scard(CALLS)))
+            if other:
+                hooks.call_taken(token, other)
+        self.cluster_calls = int(await self._do("lease renewal", self._redis.scard(CALLS)))
 
     async def _write(self, call: StoredCall, what: str) -> str:
         args = [

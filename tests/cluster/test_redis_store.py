@@ -27,6 +27,9 @@ class Hooks:
     def owned_calls(self) -> Iterable[StoredCall]:
         return list(self.calls)
 
+    def owned_call(self, token: str) -> StoredCall | None:
+        return next((call for call in self.calls if call.token == token), None)
+
     def call_taken(self, token: str, new_owner: str) -> None:
         self.taken.append((token, new_owner))
 
@@ -124,3 +127,58 @@ async def test_our_own_record_left_by_a_failed_release_is_cleaned_up(redis: Redi
         assert await store.lookup_media("m3") is None
         assert await store.lookup("tok-new") is not None
         assert await store._redis.smembers(redis_state.CALLS) == {"tok-new"}
+
+
+async def test_a_media_claim_does_not_wait_for_a_whole_slow_renewal_round(
+    redis: RedisServer,
+) -> None:
+    """Redis slow, many calls: a media socket's claim waits for one record write at most, not
+    for the lease round over every call (it held one lock across all of them)."""
+    async with open_redis_store(_settings(redis, "A")) as store:
+        hooks = Hooks()
+        for i in range(5):
+            call = StoredCall(f"tok-{i}", "A", f"ccid-{i}", "corr", "scid", "connected", f"m{i}")
+            hooks.calls.append(call)
+            assert await store.admit([f"seen-{i}"], call, None) == "answering"
+        moving = StoredCall("tok-x", "A", "ccid-x", "corr", "scid", "answering", "mx")
+        assert await store.admit(["seen-x"], moving, None) == "answering"
+        write = store._write
+
+        async def slow_write(call: StoredCall, what: str) -> str:
+            await trio.sleep(1.0)
+            return await write(call, what)
+
+        store._write = slow_write  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store._renew_all, hooks)
+            await trio.sleep(0.1)
+            with trio.fail_after(2.5):  # the whole round takes 5 s
+                claimed = await store.claim("tok-x", "ccid-x")
+            assert not isinstance(claimed, str)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_renewal_round_does_not_resurrect_a_call_released_meanwhile(
+    redis: RedisServer,
+) -> None:
+    async with open_redis_store(_settings(redis, "A")) as store:
+        hooks = Hooks()
+        for i in range(2):
+            call = StoredCall(f"tok-{i}", "A", f"ccid-{i}", "corr", "scid", "connected", f"m{i}")
+            hooks.calls.append(call)
+            assert await store.admit([f"seen-{i}"], call, None) == "answering"
+        write = store._write
+
+        async def slow_write(call: StoredCall, what: str) -> str:
+            await trio.sleep(0.5)
+            return await write(call, what)
+
+        store._write = slow_write  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store._renew_all, hooks)
+            await trio.sleep(0.1)
+            del hooks.calls[1]  # tok-1 ends (the control plane forgets it, then releases it)
+            await store.release("tok-1")
+            await trio.sleep(1.5)
+        assert await store.lookup("tok-1") is None
+        assert await store.lookup("tok-0") is not None
