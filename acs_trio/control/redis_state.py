@@ -279,6 +279,8 @@ class RedisCallStore:
 
     async def _renew_all(self, hooks: StoreHooks) -> None:
         """Re-write our calls' records (restores them after Redis restarted empty)."""
+        # The instance key first: a record restored before it would look orphaned to a survivor.
+        await self._renew_instance()
         for token in [call.token for call in hooks.owned_calls()]:
             # One record at a time: a claim or release never waits for the whole round; the
             # record is read under the lock, so a call released meanwhile is not written back.
