@@ -182,3 +182,17 @@ async def test_a_renewal_round_does_not_resurrect_a_call_released_meanwhile(
             await trio.sleep(1.5)
         assert await store.lookup("tok-1") is None
         assert await store.lookup("tok-0") is not None
+
+
+async def test_records_restored_after_an_empty_restart_come_with_their_owners_lease(
+    redis: RedisServer,
+) -> None:
+    """Redis restarted empty: the round that writes our records back writes our instance key
+    first, or a survivor's reaper sees them ownerless and hangs the live calls up."""
+    async with open_redis_store(_settings(redis, "A")) as store:
+        hooks = Hooks()
+        hooks.calls.append(StoredCall("tok-r", "A", "ccid-r", "corr", "scid", "connected", "mr"))
+        await store._redis.flushall()
+        await store._renew_all(hooks)
+        assert await store.lookup("tok-r") is not None
+        assert await _exists(store, redis_state._instance_key("A"))
