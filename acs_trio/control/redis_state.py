@@ -200,6 +200,9 @@ class RedisCallStore:
         self._settings = settings
         self.instance_id = settings.instance_id or default_instance_id()
         self._available = True
+        #: When Redis last came back after an outage: owners get one lease from then to renew
+        #: their instance keys (expired meanwhile) before the reaper may take their calls.
+        self._back_at = -float("inf")
         #: Live calls across the cluster, as of the last lease round (for /healthz and scaling).
         self.cluster_calls = 0
         #: A record's renewal write and its release never interleave (no resurrected records).
@@ -237,6 +240,7 @@ class RedisCallStore:
             raise StateUnavailable(f"Redis unreachable during {what}") from exc
         if not self._available:
             self._available = True
+            self._back_at = trio.current_time()
             logger.warning("Redis is back: accepting new calls again")
         return result
 
@@ -362,6 +366,7 @@ class RedisCallStore:
         found: list[StoredCall] = []
         alive: dict[str, bool] = {self.instance_id: True}
         horizon = trio.current_time() - self._settings.lease_s
+        recovering = self._back_at > horizon  # every lease may have lapsed in the outage
         self._fresh = {token: at for token, at in self._fresh.items() if at > horizon}
         owned = {call.token for call in hooks.owned_calls()}
         for token in tokens:
@@ -380,7 +385,7 @@ class RedisCallStore:
                 with contextlib.suppress(StateUnavailable):
                     await self.release(token)
                 continue
-            if alive[call.owner]:
+            if alive[call.owner] or recovering:
                 continue
             won: Any = await self._do(
                 "reaper claim",

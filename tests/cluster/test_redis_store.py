@@ -196,3 +196,27 @@ async def test_records_restored_after_an_empty_restart_come_with_their_owners_le
         await store._renew_all(hooks)
         assert await store.lookup("tok-r") is not None
         assert await _exists(store, redis_state._instance_key("A"))
+
+
+async def test_no_reaping_until_owners_had_a_lease_to_renew_after_an_outage(
+    redis: RedisServer,
+) -> None:
+    """Redis away longer than a lease (a failover) with its data kept: every instance key has
+    expired meanwhile.  When Redis is back, a survivor must give the owners one lease to renew
+    before it takes their calls as orphans, or it hangs up live calls."""
+    lease_s = 0.6
+    async with (
+        open_redis_store(_settings(redis, "A", lease_s)) as a,
+        open_redis_store(_settings(redis, "B", lease_s)) as b,
+    ):
+        call = StoredCall("tok-o", "A", "ccid-o", "corr", "scid", "connected", "mo")
+        assert await a.admit(["seen-o"], call, None) == "answering"
+        await b._redis.delete([redis_state._instance_key("A")])  # expired during the outage
+        b._available = False  # B saw the outage too (logged once)...
+        await b.lookup("tok-o")  # ...and this is its first command that succeeds again
+        assert b.available
+        assert await b._orphans(Hooks()) == []  # A may be alive: not renewed yet
+        record = await b.lookup("tok-o")
+        assert record is not None and record.owner == "A"
+        await trio.sleep(lease_s * 1.2)  # A had its lease and did not renew: dead
+        assert [found.token for found in await b._orphans(Hooks())] == ["tok-o"]
