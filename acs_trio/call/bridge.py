@@ -263,7 +263,7 @@ class _CallBridge:
         self.handle.end(reason, detail)
 
     def on_end(self) -> None:
-        """The handle's first cancel: stop both sides (see the module docstring)."""
+        """The handle's first ``end()``: stop both sides and the actions (see the module docstring)."""
         self.acs_scope.cancel()
         self.model_session_scope.cancel()
         self.actions_scope.cancel()  # running tools die with the call
