@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate acs_trio/assets/{greeting,caller}.wav (24 kHz mono 16-bit PCM WAV).
+# Regenerate acs_trio/testing/assets/{greeting,caller}.wav (24 kHz mono 16-bit PCM WAV).
 #
 # For the record only: the WAVs are committed and CI never runs this script.
 # Needs espeak-ng and sox (Debian 12: `apt-get install -y espeak-ng sox`; made with espeak-ng 1.51,
@@ -9,7 +9,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-out="$here/acs_trio/assets"
+out="$here/acs_trio/testing/assets"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
