@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Regenerate acs_trio/assets/{greeting,caller}.wav (24 kHz mono 16-bit PCM WAV).
+# Regenerate acs_trio/testing/assets/{greeting,caller}.wav (24 kHz mono 16-bit PCM WAV).
 #
 # For the record only: the WAVs are committed and CI never runs this script.
 # Needs espeak-ng and sox (Debian 12: `apt-get install -y espeak-ng sox`; made with espeak-ng 1.51,
 # sox 14.4.2). espeak-ng writes 22050 Hz; sox resamples to 24000 Hz (the only PCM rate the Realtime
-# GA API allows, realtime-protocol.md §4) and normalises the peak to -3 dBFS; -R makes sox's
+# GA API allows, docs/protocols/realtime.md §4) and normalises the peak to -3 dBFS; -R makes sox's
 # dither repeatable, so a rerun gives the same bytes.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
-out="$here/acs_trio/assets"
+out="$here/acs_trio/testing/assets"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 

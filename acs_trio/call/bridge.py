@@ -11,9 +11,12 @@ Task tree (docs/architecture.md has the picture)::
                ├── run_actions ── actions_scope (docs/tools.md)
                │     ├── ToolRunner.run     one task per tool call → [model outbox]
                │     └── DtmfCollector.run  keypad entries → [model outbox]
-               └── run_model ── model_connect_scope: open the socket, then model_session_scope:
+               └── run_model ── one session after another (reconnect, recycle); each:
+                     model_connect_scope: open the socket, then model_session_scope:
                      ├── send_to_model      [model outbox] → model socket
-                     └── receive_from_model model socket → [outbound frames, 5 min] → playout
+                     ├── receive_from_model model socket → [outbound frames, 5 min] → playout
+                     ├── keep_alive         ping, pong deadline
+                     └── recycle_when_quiet a fresh session before this one expires
 
 Whatever ends the call (ACS hangs up, the model closes, a timeout, ``handle.end()``, a bug)
 records an :class:`EndReason` through the :class:`CallHandle` (first cause wins), which cancels
@@ -263,7 +266,7 @@ class _CallBridge:
         self.handle.end(reason, detail)
 
     def on_end(self) -> None:
-        """The handle's first cancel: stop both sides (see the module docstring)."""
+        """The handle's first ``end()``: stop both sides and the actions (see the module docstring)."""
         self.acs_scope.cancel()
         self.model_session_scope.cancel()
         self.actions_scope.cancel()  # running tools die with the call

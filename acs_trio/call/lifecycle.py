@@ -84,7 +84,7 @@ class CallHandle:
         self.ids = ids
         self._on_cancel: Callable[[], None] | None = None
         self._end_request: tuple[EndReason, str] | None = None
-        #: Set at the first :meth:`cancel`, whoever called it (the call itself or the control plane).
+        #: Set at the first :meth:`end`, whoever called it (the call itself or the control plane).
         self.end_requested = trio.Event()
         #: Set when ``run_call`` has returned: every task of the call has ended.
         self.finished = trio.Event()
@@ -115,7 +115,7 @@ class CallHandle:
 
     @property
     def end_request(self) -> tuple[EndReason, str] | None:
-        """The first reason given to :meth:`cancel`, if any."""
+        """The first reason given to :meth:`end`, if any."""
         return self._end_request
 
     def restart(self) -> None:
@@ -132,7 +132,7 @@ class CallHandle:
     def bind(self, on_cancel: Callable[[], None]) -> None:
         """Called by ``run_call`` when the call starts; not for the control plane.
 
-        ``on_cancel`` runs once, at the first :meth:`cancel` (at once if that came earlier).
+        ``on_cancel`` runs once, at the first :meth:`end` (at once if that came earlier).
         """
         self._on_cancel = on_cancel
         if self._end_request is not None:

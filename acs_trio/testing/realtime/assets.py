@@ -22,9 +22,9 @@ def pcm_ms(n_bytes: int) -> int:
 
 @functools.cache
 def load_pcm(name: str) -> bytes:
-    """PCM frames of ``acs_trio/assets/<name>``; raises ConfigError if it is not 24 kHz mono s16.
+    """PCM frames of ``acs_trio/testing/assets/<name>``; raises ConfigError if it is not 24 kHz mono s16.
 
-    pyproject ships ``assets/*.wav`` as package data, so this works from a wheel as well as from a
+    pyproject ships ``testing/assets/*.wav`` as package data, so this works from a wheel as well as from a
     checkout.
     """
     data = asset_path(name).read_bytes()
