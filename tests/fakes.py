@@ -132,6 +132,10 @@ class Seen:
     messages: list[tuple[float, Any]] = field(default_factory=list)
     closed: CloseReason | None = None
     closed_at: float | None = None
+    #: FakeModel: the ``call_id`` of every function_call item in this session's conversation.
+    call_ids: set[str] = field(default_factory=set)
+    #: FakeModel: ``function_call_output`` events it refused (their call_id was unknown).
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
     def of(self, predicate: Callable[[Any], bool]) -> list[tuple[float, Any]]:
         return [(t, m) for t, m in self.messages if predicate(m)]
@@ -338,6 +342,31 @@ class FakeModel:
             if message.get("type") == "session.update" and self.answer_session_update:
                 with contextlib.suppress(ConnectionClosed):
                     await ws.send_message(json.dumps(self._session_updated(message)))
+            elif message.get("type") == "conversation.item.create":
+                with contextlib.suppress(ConnectionClosed):
+                    await self._item_create(ws, seen, message)
+
+    async def _item_create(
+        self, ws: WebSocketConnection, seen: Seen, message: dict[str, Any]
+    ) -> None:
+        """Like the service: a ``function_call_output`` is accepted only if a ``function_call``
+        item with its ``call_id`` is in this session's conversation; else a non-fatal error
+        ``invalid_tool_call_id`` (docs/protocols/realtime.md §2.4)."""
+        item = message.get("item") or {}
+        if item.get("type") == "function_call":
+            seen.call_ids.add(item["call_id"])
+        elif item.get("type") == "function_call_output" and item["call_id"] not in seen.call_ids:
+            seen.rejected.append(message)
+            error = {
+                "type": "invalid_request_error",
+                "code": "invalid_tool_call_id",
+                "message": f"Tool call ID '{item['call_id']}' not found in conversation.",
+                "param": None,
+                "event_id": message.get("event_id"),
+            }
+            await ws.send_message(
+                json.dumps({"type": "error", "event_id": self.next_id("event"), "error": error})
+            )
 
     def _session_updated(self, update: dict[str, Any]) -> dict[str, Any]:
         if self.reject_session_update:
@@ -384,6 +413,12 @@ class FakeModel:
 
     async def send(self, event: dict[str, Any] | str | bytes) -> None:
         assert self.ws is not None
+        if isinstance(event, dict):  # a function call the model makes joins its conversation
+            item = event.get("item") or {}
+            if item.get("type") == "function_call":
+                self.seen.call_ids.add(item["call_id"])
+            elif event.get("type") == "response.function_call_arguments.done":
+                self.seen.call_ids.add(event["call_id"])
         await self.ws.send_message(event if isinstance(event, str | bytes) else json.dumps(event))
 
     async def speech_started(self, item_id: str = "item_user", audio_start_ms: int = 0) -> None:

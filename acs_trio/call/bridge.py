@@ -612,6 +612,7 @@ class _CallBridge:
         """Caller audio of the gap goes to the new session, oldest first, before new audio."""
         if self.unsent is not None:
             await ws.send(self.unsent)
+            self.sent_to_model(self.unsent)
             self.unsent = None
         while True:
             try:
@@ -619,8 +620,19 @@ class _CallBridge:
             except trio.WouldBlock:
                 break
             await ws.send(message)
+            self.sent_to_model(message)
         while self.gap_audio:
             await ws.send(self.gap_audio.popleft())
+
+    def sent_to_model(self, message: str) -> None:
+        """A tool's output reached a session: the next replay carries it after its call.
+
+        Logged when written, not when queued: an output still in the outbox at a switch goes
+        to the new session after the replay (flush_gap_audio), never twice.
+        """
+        output = rt.parse_function_call_output(message)
+        if output is not None:
+            self.conversation.function_output(*output)
 
     async def keep_alive(self, ws: ModelSocket) -> None:
         """A ping every ``model_ping_interval_s``; no pong in time means a half-open link."""
@@ -686,6 +698,8 @@ class _CallBridge:
                 # Only appends are counted (tool and keypad messages share the outbox).
                 if message.startswith(rt.APPEND_HEAD):
                     self.outbox_pending -= 1
+                else:
+                    self.sent_to_model(message)
         finally:
             self.direct_model_ws = None
 
@@ -729,6 +743,8 @@ class _CallBridge:
                 self.agent_audio.item(event.response_id, event.item_id)
                 self.conversation.agent_item(event.item_id)
         elif isinstance(event, rt.FunctionCall):
+            # Logged for the replay: a later session must know the call to take its output.
+            self.conversation.function_call(event.call_id, event.name, event.arguments)
             self.tool_runner.on_function_call(event)
         elif isinstance(event, rt.AudioDone):
             self.agent_audio.item(event.response_id, event.item_id).done = True

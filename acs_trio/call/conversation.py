@@ -11,6 +11,13 @@ transcript is cut in the same proportion (heard ms / ms of audio received), at a
 and marked with "…".  The server does not send the truncated transcript back (``truncated`` has
 no text), and the proportional cut is what the server does too ("removes the unplayed portion",
 §5), up to the model's uneven speaking rate.  An item of which nothing was heard is dropped.
+
+Function calls are replayed too (docs/tools.md, "Across model sessions"): each call the model
+made is a client-created ``function_call`` item (``call_id``, ``name``, ``arguments``), followed
+at once by its ``function_call_output`` when that output had been written to a session.  The
+server accepts an output only for a ``call_id`` in its conversation, so a tool still running when
+the session is replaced sends its output later to a session that knows the call.  A call and its
+output are one entry: the character budget keeps or drops them together.
 """
 
 from __future__ import annotations
@@ -45,16 +52,29 @@ class _Entry:
         return keep + "…" if keep else ""
 
 
+@dataclass(slots=True)
+class _Call:
+    """A function call the model made, and its output once written to a session."""
+
+    call_id: str
+    name: str
+    arguments: str
+    output: str | None = None
+
+    def size(self) -> int:
+        return len(self.name) + len(self.arguments) + len(self.output or "")
+
+
 class Conversation:
     """Ordered log of caller and agent items, keyed by the model's item ids."""
 
     def __init__(self, max_chars: int) -> None:
         self._max_chars = max_chars
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry | _Call] = OrderedDict()
 
     def _entry(self, item_id: str, role: str) -> _Entry:
         entry = self._entries.get(item_id)
-        if entry is None:
+        if not isinstance(entry, _Entry):
             entry = self._entries[item_id] = _Entry(role)
             if len(self._entries) > _MAX_ENTRIES:
                 self._entries.popitem(last=False)
@@ -82,8 +102,22 @@ class Conversation:
     def heard(self, item_id: str, fraction: float) -> None:
         """A barge-in cut this agent item after ``fraction`` of its audio."""
         entry = self._entries.get(item_id)
-        if entry is not None:
+        if isinstance(entry, _Entry):
             entry.heard = max(0.0, min(1.0, fraction))
+
+    def function_call(self, call_id: str, name: str, arguments: str) -> None:
+        """The model called a function (announced twice by GA: kept once, in first place)."""
+        key = _call_key(call_id)
+        if key not in self._entries:
+            self._entries[key] = _Call(call_id, name, arguments)
+            if len(self._entries) > _MAX_ENTRIES:
+                self._entries.popitem(last=False)
+
+    def function_output(self, call_id: str, output: str) -> None:
+        """The call's output was written to a session."""
+        entry = self._entries.get(_call_key(call_id))
+        if isinstance(entry, _Call):
+            entry.output = output
 
     def forget(self, item_id: str) -> None:
         """Nothing of it was heard: as if it had never been said."""
@@ -91,21 +125,39 @@ class Conversation:
 
     # --- the replay ------------------------------------------------------------------------------
 
-    def texts(self) -> list[tuple[str, str]]:
-        """``(role, text)`` to replay, oldest first, within the character budget (newest kept)."""
-        out: list[tuple[str, str]] = []
+    def _kept(self) -> list[_Entry | _Call]:
+        """What fits the character budget, newest kept, oldest first."""
+        out: list[_Entry | _Call] = []
         budget = self._max_chars
         for entry in reversed(self._entries.values()):
-            text = entry.as_heard()
-            if not text:
+            size = entry.size() if isinstance(entry, _Call) else len(entry.as_heard())
+            if isinstance(entry, _Entry) and not size:
                 continue
-            if len(text) > budget:
+            if size > budget:
                 break
-            budget -= len(text)
-            out.append((entry.role, text))
+            budget -= size
+            out.append(entry)
         out.reverse()
         return out
 
+    def texts(self) -> list[tuple[str, str]]:
+        """``(role, text)`` to replay, oldest first, within the character budget (newest kept)."""
+        return [(e.role, e.as_heard()) for e in self._kept() if isinstance(e, _Entry)]
+
     def replay(self, next_event_id: Callable[[], str]) -> list[str]:
         """The ``conversation.item.create`` events that seed a new session with this log."""
-        return [rt.message_item(role, text, next_event_id()) for role, text in self.texts()]
+        events: list[str] = []
+        for entry in self._kept():
+            if isinstance(entry, _Entry):
+                events.append(rt.message_item(entry.role, entry.as_heard(), next_event_id()))
+                continue
+            events.append(
+                rt.function_call_item(entry.call_id, entry.name, entry.arguments, next_event_id())
+            )
+            if entry.output is not None:
+                events.append(rt.function_call_output(entry.call_id, entry.output))
+        return events
+
+
+def _call_key(call_id: str) -> str:
+    return f"function_call:{call_id}"

@@ -8,6 +8,9 @@ item; once no tool of ours is still running and no response is in progress, one
 ``response.create`` follows, so several calls of one response run concurrently and are answered
 with one response.
 
+A call outlives its model session safely: the replay of a new session restates each call as a
+``function_call`` item (call/conversation.py), so an output sent later is accepted there.
+
 Every failure is an output the model can talk about, never the end of the call: arguments that
 are not JSON or do not fit the schema, a tool that raises, a tool past its deadline, more than
 ``max_concurrent_tools`` at once, or the call's ``tool_time_budget_s`` used up.  Each is logged

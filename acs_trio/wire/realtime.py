@@ -21,6 +21,7 @@ from ..errors import ProtocolError
 __all__ = [
     "APPEND_HEAD",
     "FATAL_ERROR_CODES",
+    "FUNCTION_CALL_OUTPUT_HEAD",
     "AudioDelta",
     "AudioDone",
     "ErrorEvent",
@@ -37,10 +38,12 @@ __all__ = [
     "SessionEvent",
     "SpeechStarted",
     "SpeechStopped",
+    "function_call_item",
     "function_call_output",
     "input_audio_append",
     "item_delete",
     "message_item",
+    "parse_function_call_output",
     "parse_server_event",
     "response_cancel",
     "response_create",
@@ -151,10 +154,35 @@ def truncate_item(
     )
 
 
+#: How every :func:`function_call_output` event starts (the bridge logs what it wrote).
+FUNCTION_CALL_OUTPUT_HEAD = (
+    '{"type": "conversation.item.create", "item": {"type": "function_call_output", '
+)
+
+
 def function_call_output(call_id: str, output: str) -> str:
-    """The result of a function call as a conversation item (§2.4); ``response.create`` follows."""
+    """The result of a function call as a conversation item (§2.4); ``response.create`` follows.
+
+    The server accepts it only if a ``function_call`` item with this ``call_id`` is in the
+    session's conversation (else ``invalid_tool_call_id``; §2.4).
+    """
     item = {"type": "function_call_output", "call_id": call_id, "output": output}
     return json.dumps({"type": "conversation.item.create", "item": item})
+
+
+def parse_function_call_output(message: str) -> tuple[str, str] | None:
+    """``(call_id, output)`` of a :func:`function_call_output` event we built, else None."""
+    if not message.startswith(FUNCTION_CALL_OUTPUT_HEAD):
+        return None
+    item = json.loads(message)["item"]
+    return str(item["call_id"]), str(item["output"])
+
+
+def function_call_item(call_id: str, name: str, arguments: str, event_id: str | None = None) -> str:
+    """A ``function_call`` item created by the client (§2.4): the replay of a call the model
+    made in an earlier session, so the new session accepts its ``function_call_output``."""
+    item = {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+    return _with_id({"type": "conversation.item.create", "item": item}, event_id)
 
 
 def response_cancel(event_id: str | None = None) -> str:

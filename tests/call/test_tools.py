@@ -6,6 +6,7 @@ The model is :class:`FakeModel` (GA events over an in-memory trio-websocket); AC
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from acs_trio.call.bridge import run_call
 from acs_trio.call.lifecycle import CallHandle, CallIds, CallSummary, EndReason
 from acs_trio.config import ActionSettings, AgentSettings, CallLimits
 from acs_trio.tools import Tool, ToolContext, ToolError, tool
+from acs_trio.wire import realtime as rt
 from tests.fakes import FakeAcs, FakeModel, TrioMediaSocket, open_ws_pair, pcm_tone, record
 
 NO_GREETING = AgentSettings(greeting=None)
@@ -700,6 +702,123 @@ async def test_a_response_lost_with_its_session_does_not_block_the_next_ones(
     assert second == ["conversation.item.create", "response.create"]
     call.handle.end(EndReason.CALL_DISCONNECTED)
     await call.ended()
+
+
+async def test_a_tool_running_across_a_model_drop_is_answered_in_the_new_session(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A new session knows only what the replay tells it, and the service refuses an output
+    whose call it never saw.  The replay restates each call as a ``function_call`` item, a
+    finished one with its output right after; a tool still running at the switch answers the
+    new session later, and that session takes it and answers the caller."""
+    call = await start_call(nursery)
+    model = call.model
+    # First call: answered in the first session, and the model speaks about it.
+    [done_id] = await model.call_tools(("order_status", '{"order_id": "A1001"}'))
+    await trio.sleep(0.6)
+    await model.speak(200)
+    await trio.sleep(1)
+    # Second call: its tool runs 0.5 s; the model connection drops 0.1 s in.
+    t0 = trio.current_time()
+    [running_id] = await model.call_tools(("order_status", '{"order_id": "A1002"}'))
+    await trio.sleep(0.1)
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    t1 = trio.current_time()
+    assert t1 < t0 + 0.5  # the new session is up while the tool still runs
+    await trio.sleep(1)
+    assert JOURNAL.finished == [(t0 - 1.1, "A1001"), (t0 + 0.5, "A1002")]
+    new = model.connections[1]
+    traffic = [
+        (t, m["item"]) if m["type"] == "conversation.item.create" else (t, m["type"])
+        for t, m in new.messages
+        if m["type"] in {"conversation.item.create", "response.create"}
+    ]
+    replayed = [(item["type"], item["call_id"]) for _, item in traffic if isinstance(item, dict)]
+    assert replayed == [
+        ("function_call", done_id),
+        ("function_call_output", done_id),
+        ("function_call", running_id),
+        ("function_call_output", running_id),
+    ]
+    assert traffic[2][1] == {
+        "type": "function_call",
+        "call_id": running_id,
+        "name": "order_status",
+        "arguments": '{"order_id": "A1002"}',
+    }
+    # The replay went out as the session opened; the output, then one response.create, at the
+    # tool's finish time, in the new session, which took it.
+    assert [t for t, _ in traffic[:3]] == [t1] * 3
+    assert [t for t, _ in traffic[3:]] == [t0 + 0.5, t0 + 0.5]
+    assert traffic[4][1] == "response.create"
+    assert model.outputs()[running_id]["status"] == "processing"
+    assert new.rejected == [] and model.connections[0].rejected == []
+    # The model's next answer is produced and reaches the caller.
+    heard = len(call.acs.audio_out())
+    await model.speak(200)
+    await trio.sleep(1)
+    assert len(call.acs.audio_out()) == heard + 10
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    summary = await call.ended()
+    assert (summary.tool_calls, summary.tool_errors, summary.model_reconnects) == (2, 0, 1)
+
+
+async def test_a_tool_done_between_sessions_is_answered_once_after_the_replay(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The tool finishes while no session is open (the reconnect is refused once, Retry-After
+    1 s): its output waits in the outbox and reaches the new session after the replayed call,
+    exactly once (the log learns an output when it is written, not when it is queued)."""
+    call = await start_call(nursery)
+    model = call.model
+    t0 = trio.current_time()
+    [call_id] = await model.call_tools(("order_status", '{"order_id": "A1001"}'))
+    await trio.sleep(0.1)
+    model.refuse_with = [(503, 1.0)]
+    reconnected = model.new_connection
+    await model.streams[-1].inner.aclose()
+    await reconnected.wait()
+    t1 = trio.current_time()
+    assert t1 > t0 + 1.0  # the tool finished at t0 + 0.5, with no session open
+    await trio.sleep(1)
+    new = model.connections[1]
+    sent = [
+        (m["item"]["type"], m["item"].get("call_id"))
+        if m["type"] == "conversation.item.create"
+        else (m["type"], None)
+        for _, m in new.messages
+        if m["type"] in {"conversation.item.create", "response.create"}
+    ]
+    assert sent == [
+        ("function_call", call_id),
+        ("function_call_output", call_id),
+        ("response.create", None),
+    ]
+    assert new.rejected == []
+    call.handle.end(EndReason.CALL_DISCONNECTED)
+    await call.ended()
+
+
+async def test_the_fake_model_refuses_an_output_for_a_call_it_never_saw(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The fake behaves as the service does (``invalid_tool_call_id``), so the story above can
+    fail: an output is taken only after a ``function_call`` item with its call_id."""
+    model = FakeModel(nursery)
+    async with model.connect() as ws:
+        assert json.loads(await ws.receive())["type"] == "session.created"
+        await ws.send(rt.function_call_output("call_x", '{"ok": true}'))
+        error = json.loads(await ws.receive())
+        assert error["type"] == "error"
+        assert error["error"]["code"] == "invalid_tool_call_id"
+        await ws.send(rt.function_call_item("call_x", "order_status", "{}", "evt_1"))
+        await ws.send(rt.function_call_output("call_x", '{"ok": true}'))
+        await wait_all_tasks_blocked()
+        assert [m["item"]["type"] for m in model.seen.rejected] == ["function_call_output"]
+        assert model.seen.call_ids == {"call_x"}
+        await ws.close(1000, "done")
 
 
 async def test_keys_without_terminator_are_sent_after_the_inter_digit_timeout(

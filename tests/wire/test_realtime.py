@@ -190,4 +190,20 @@ def test_function_calls_and_their_answers() -> None:
         "type": "conversation.item.create",
         "item": {"type": "function_call_output", "call_id": "call_1", "output": '{"ok": true}'},
     }
+    assert rt.parse_function_call_output(rt.function_call_output("call_1", "{}")) == (
+        "call_1",
+        "{}",
+    )
+    assert rt.parse_function_call_output(rt.message_item("user", "function_call_output")) is None
+    # A call replayed into a new session, so that session accepts its output.
+    assert json.loads(rt.function_call_item("call_1", "f", '{"a": 1}', "ev_2")) == {
+        "event_id": "ev_2",
+        "type": "conversation.item.create",
+        "item": {
+            "type": "function_call",
+            "call_id": "call_1",
+            "name": "f",
+            "arguments": '{"a": 1}',
+        },
+    }
     assert json.loads(rt.response_cancel("ev_1")) == {"event_id": "ev_1", "type": "response.cancel"}
