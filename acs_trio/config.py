@@ -236,6 +236,11 @@ class ControlTimeouts:
     #: Once the call has been asked to end, how long the media route gets to finish before the
     #: supervisor hangs up anyway (a send to a dead peer can block: hypercorn shields send_all).
     media_done_after_end_s: float = 5.0
+    #: ACS re-established a call's media socket while our side still holds the old one (a drop
+    #: with no close seen): the old socket's call is asked to end and gets this long, then is
+    #: cancelled and gets this long again, before the new socket is refused.  Twice this must
+    #: stay under ``media_done_after_end_s`` (the supervisor's own wait).
+    media_takeover_s: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -460,16 +460,18 @@ def create_app(
         agent = replace(settings.agent, greeting=None) if resumed else settings.agent
         try:
             # Inside the try: a failed or cancelled accept must still report media_done.
-            await ws.accept()
-            record.summary = await observed_runner(
-                QuartMediaSocket(ws),
-                rt.connect_model if record.predial is None else record.predial.connector(),
-                handle=record.handle,
-                agent=agent,
-                limits=settings.limits,
-                tools=rt.tools,
-                actions=settings.actions,
-            )
+            # The scope: a socket re-established while this one lingers may cancel it.
+            with trio.CancelScope() as record.media_scope:
+                await ws.accept()
+                record.summary = await observed_runner(
+                    QuartMediaSocket(ws),
+                    rt.connect_model if record.predial is None else record.predial.connector(),
+                    handle=record.handle,
+                    agent=agent,
+                    limits=settings.limits,
+                    tools=rt.tools,
+                    actions=settings.actions,
+                )
         finally:
             record.media_done.set()
         return None

@@ -358,7 +358,9 @@ class ControlPlane:
         A token serves one live socket: a second socket while the first is open is refused, and
         so is one for a call that has already been asked to end.  After the socket has closed
         from ACS's side, ACS may re-establish it within the disconnect grace (same
-        ``x-ms-call-connection-id``, a fresh JWT checked by the route): the call resumes.  A
+        ``x-ms-call-connection-id``, a fresh JWT checked by the route): the call resumes.  (One
+        that arrives while the old socket still looks open takes over in
+        :meth:`claim_media_anywhere`, which ends the old one first.)  A
         socket for an answer that failed or timed out is refused and makes the supervisor hang
         the call up (ACS did answer it after all).
         """
@@ -383,7 +385,8 @@ class ControlPlane:
 
     @staticmethod
     def _resume_media(record: CallRecord, call_connection_id: str) -> CallRecord | str:
-        if not (record.resume_window_open and record.media_done.is_set()):
+        may_resume = record.resume_window_open or record.taking_over
+        if not (may_resume and record.media_done.is_set()):
             return f"{record.ids}: token already used by a media socket"
         if not call_connection_id or call_connection_id != record.call_connection_id:
             return (
@@ -393,8 +396,52 @@ class ControlPlane:
         record.media_done = trio.Event()
         record.summary = None
         record.handle.restart()
+        record.taking_over = False
         record.media_resumed.set()
         return record
+
+    @staticmethod
+    def _may_take_over(record: CallRecord, call_connection_id: str) -> bool:
+        """A socket for a live call whose old socket still runs, naming the adopted id."""
+        return (
+            record.media_attached
+            and not record.answer_failed
+            and not record.stop_requested.is_set()
+            and record.handle.end_request is None
+            and not record.handed_over_to
+            and not record.taking_over
+            and not record.media_done.is_set()
+            and bool(record.call_connection_id)
+            and call_connection_id == record.call_connection_id
+        )
+
+    async def _take_over_media(self, record: CallRecord) -> str | None:
+        """End the call's old media socket for a re-established one; a reason if it would not.
+
+        After a network drop with no close seen, the old socket lingers until a read deadline
+        or TCP_USER_TIMEOUT, while ACS reconnects at once.  The old socket's call is asked to end
+        (it closes its ACS side), then cancelled; each step gets ``media_takeover_s``.  Only
+        once its handler has finished does the new socket resume the call: one live socket.
+        """
+        limit = self._timeouts.media_takeover_s
+        done = record.media_done
+        logger.warning(
+            "%s media socket re-established while the old one is still open: closing the old one",
+            record.ids,
+        )
+        record.handle.end(EndReason.CANCELLED, "media socket replaced by a re-established one")
+        with trio.move_on_after(limit):
+            await done.wait()
+        scope = record.media_scope
+        if not done.is_set() and scope is not None:
+            logger.warning("%s old media socket still open after %.1fs: cancelled", record.ids,
+                           limit)  # fmt: skip
+            scope.cancel()
+            with trio.move_on_after(limit):
+                await done.wait()
+        if not done.is_set():
+            return f"{record.ids}: the old media socket did not finish; new one refused"
+        return None
 
     def runs_here(self, token: str) -> bool:
         record = self.calls.get(token)
@@ -410,7 +457,16 @@ class ControlPlane:
         """
         local = self._media_tokens.get(media_token)
         if self.store is None or (local is not None and self.runs_here(local)):
-            return self.claim_media(media_token, call_connection_id)
+            record = self.calls.get(local or "")
+            if record is None or not self._may_take_over(record, call_connection_id):
+                return self.claim_media(media_token, call_connection_id)
+            record.taking_over = True
+            try:
+                refused = await self._take_over_media(record)
+                # Synchronous from here: a stop or CallDisconnected meanwhile is refused.
+                return refused or self.claim_media(media_token, call_connection_id)
+            finally:
+                record.taking_over = False
         if self._nursery is None:
             return "not ready"
         # While draining, a media socket that still reaches us (the balancer has not yet taken

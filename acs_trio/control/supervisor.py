@@ -71,6 +71,10 @@ class CallRecord:
     adopted: bool = False
     #: Shared state only: the instance that took the call from us (then it hangs up, not us).
     handed_over_to: str = ""
+    #: The media route's cancel scope around the running socket's call (a takeover's last resort).
+    media_scope: trio.CancelScope | None = field(default=None, repr=False)
+    #: A new media socket (same connection id, fresh JWT) is taking over from one still open.
+    taking_over: bool = False
 
     @property
     def ids(self) -> CallIds:
@@ -222,13 +226,15 @@ class CallSupervisor:
 
     async def _media_finished(self, record: CallRecord) -> bool:
         """Wait for the media route; once the call is asked to end, for a bounded time only."""
-        await wait_any(record.media_done, record.handle.end_requested)
-        if record.media_done.is_set():
+        # This socket's event: a takeover replaces ``record.media_done`` once it is set.
+        done = record.media_done
+        await wait_any(done, record.handle.end_requested)
+        if done.is_set():
             return True
         limit = self._timeouts.media_done_after_end_s
         with trio.move_on_after(limit):
-            await record.media_done.wait()
-        if not record.media_done.is_set():
+            await done.wait()
+        if not done.is_set():
             logger.warning(
                 "%s media handler still running %.1fs after the call was asked to end",
                 record.ids,
@@ -241,6 +247,16 @@ class CallSupervisor:
         """Why to hang up after the media route finished, or None if ACS ended the call."""
         if record.disconnected:
             return None
+        if record.taking_over or record.media_resumed.is_set():
+            # A new socket ended this one to take over (ControlPlane.claim_media_anywhere): the
+            # route resumes the call at once unless the call is ending.
+            with trio.move_on_after(self._timeouts.media_takeover_s):
+                await wait_any(record.media_resumed, record.stop_requested)
+            if record.media_resumed.is_set():
+                record.media_resumed = trio.Event()
+                return _RESUMED
+            if record.call_disconnected.is_set():  # (not .disconnected: mypy narrows it)
+                return None
         summary = record.summary
         if summary is None:
             return "media handler was cancelled before the call ended"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from quart.testing.connections import WebsocketDisconnectError
 
 from acs_trio.call.lifecycle import EndReason
 from acs_trio.config import MAX_BODY_BYTES
@@ -269,6 +270,82 @@ async def test_a_re_established_media_socket_resumes_the_call(
         await h.callback(h.acs.token_of(1), callback_event("CallDisconnected", "conn-1"))
         await h.plane.wait_idle()
         assert h.acs.hang_up_attempts == []
+
+
+async def test_a_re_established_media_socket_takes_over_from_a_lingering_one(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A network drop with no close seen: our old socket still looks open (until TCP_USER_TIMEOUT)
+    when ACS reconnects with the same connection id and a fresh JWT.  The old one is closed and
+    the call resumes on the new one; nobody hangs up."""
+    async with _harness() as h:
+        await h.incoming(incoming_call_event("e-1", "ctx-1"))
+        path = f"/ws/{h.acs.media_token_of(1)}"
+        headers = {**h.auth(), "x-ms-call-connection-id": "conn-1"}
+        async with h.client.websocket(path, headers=headers) as old:
+            await old.send("before")
+            assert await old.receive() == "echo:before"
+            # Another call's id, or none, is not this call's stream: the old socket carries on.
+            wrong = {**h.auth(), "x-ms-call-connection-id": "conn-2"}
+            assert await refusal_status(h.client, path, wrong) == 403
+            assert await refusal_status(h.client, path, h.auth()) == 403
+            await old.send("still mine")
+            assert await old.receive() == "echo:still mine"
+            await trio.sleep(1)  # the drop: ACS reconnects, we have seen no close
+            async with h.client.websocket(path, headers={**h.auth(), **headers}) as new:
+                with pytest.raises(WebsocketDisconnectError), trio.fail_after(1):
+                    await old.receive()  # closed by us at once
+                await new.send("after")
+                assert await new.receive() == "echo:after"
+                await trio.sleep(10)  # well past every grace: still up, not hung up
+                assert h.acs.hang_up_attempts == []
+                await new.send("still")
+                assert await new.receive() == "echo:still"
+        assert "re-established" in caplog.text
+        assert len(h.calls.handles) == 2 and h.calls.handles[0] is h.calls.handles[1]
+        await h.callback(h.acs.token_of(1), callback_event("CallDisconnected", "conn-1"))
+        await h.plane.wait_idle()
+        assert h.acs.hang_up_attempts == []
+
+
+async def test_an_old_socket_that_ignores_the_end_is_cancelled_within_the_takeover_deadline(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with _harness() as h:
+        await h.incoming(incoming_call_event("e-1", "ctx-1"))
+        path = f"/ws/{h.acs.media_token_of(1)}"
+        headers = {**h.auth(), "x-ms-call-connection-id": "conn-1"}
+        async with h.client.websocket(path, headers=headers) as old:
+            await old.send("before")
+            assert await old.receive() == "echo:before"
+            h.calls.handles[0].bind(lambda: None)  # its call no longer hears an end request
+            started = trio.current_time()
+            async with h.client.websocket(path, headers={**h.auth(), **headers}) as new:
+                await new.send("after")
+                assert await new.receive() == "echo:after"
+                assert trio.current_time() - started == pytest.approx(2.0)  # media_takeover_s
+                await trio.sleep(10)
+                assert h.acs.hang_up_attempts == []
+        assert "still open after 2.0s: cancelled" in caplog.text
+        await h.callback(h.acs.token_of(1), callback_event("CallDisconnected", "conn-1"))
+        await h.plane.wait_idle()
+        assert h.acs.hang_up_attempts == []
+
+
+async def test_a_socket_for_an_ending_call_does_not_take_over(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with _harness() as h:
+        await h.incoming(incoming_call_event("e-1", "ctx-1"))
+        path = f"/ws/{h.acs.media_token_of(1)}"
+        headers = {**h.auth(), "x-ms-call-connection-id": "conn-1"}
+        async with h.client.websocket(path, headers=headers) as old:
+            await old.send("stuck")  # the call ends itself, its handler blocked in a send
+            await trio.testing.wait_all_tasks_blocked()
+            assert await refusal_status(h.client, path, {**h.auth(), **headers}) == 403
+            await trio.sleep(6)  # the supervisor's bounded wait, then the hang-up
+            assert h.acs.hang_ups == ["conn-1"]
+        assert len(h.calls.handles) == 1
 
 
 async def test_a_media_socket_after_the_grace_is_refused_and_the_call_hung_up(

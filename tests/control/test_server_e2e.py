@@ -525,6 +525,81 @@ async def test_a_re_established_media_socket_resumes_the_real_call(nursery: trio
     stop.set()
 
 
+async def test_a_media_socket_re_established_while_the_old_one_lingers_takes_over(
+    nursery: trio.Nursery,
+) -> None:
+    """Through hypercorn with the real run_call: the old socket's TCP connection is still open
+    (a drop our side has not noticed) when ACS reconnects with the same x-ms-call-connection-id
+    and a fresh JWT.  The old socket is closed by us, the call resumes on the new one without a
+    second greeting, and nobody hangs up."""
+    model = FakeRealtime()
+    model_server = await nursery.start(serve_websocket, model.handler, "127.0.0.1", 0, None)
+    model_url = f"ws://127.0.0.1:{model_server.port}/v1/realtime"
+    acs = FakeAcsService()
+    app = create_app(_settings(ModelEndpoint(url=model_url)), http_transport=acs.transport)
+    stop = trio.Event()
+    [bind] = await nursery.start(
+        partial(hypercorn_serve, app, hypercorn_config("127.0.0.1", 0), shutdown_trigger=stop.wait)
+    )
+    base = bind.replace("http://", "")
+    host, port = base.rsplit(":", 1)
+    plane = app.extensions["acs_trio"].plane
+    old_closed = trio.Event()
+
+    async def media_session(linger: bool) -> None:
+        headers = [
+            (b"authorization", acs.signer.bearer().encode()),  # a fresh JWT each time
+            (b"x-ms-call-connection-id", b"conn-1"),
+        ]
+        async with (
+            await trio.open_tcp_stream(host, int(port)) as stream,
+            trio.open_nursery() as ws_nursery,
+        ):
+            ws = await wrap_client_stream(
+                ws_nursery, stream, base, f"/ws/{acs.media_token_of(1)}", extra_headers=headers
+            )
+            caller = FakeAcs(ws)
+            await caller.send_metadata()
+            model.appended = trio.Event()
+            for _ in range(5):
+                await caller.send_frame(pcm_tone(20, 3000))
+            await model.appended.wait()  # this session's caller audio reached a model
+            await _until_closed(ws)  # the old one: until we close it; the new one: the caller's end
+            if linger:
+                old_closed.set()
+            ws_nursery.cancel_scope.cancel()
+
+    with trio.fail_after(15):
+        async with httpx.AsyncClient(base_url=bind, trust_env=False) as http:
+            await http.post(
+                "/api/incomingCall", json=[incoming_call_event("e-1", "ctx-1")], headers=WEBHOOK
+            )
+            await acs.answer_seen.wait()
+            await trio.sleep(0.05)
+            async with trio.open_nursery() as sessions:
+                sessions.start_soon(media_session, True)
+                await trio.sleep(1)  # the old socket is up and stays open (no close seen)
+                sessions.start_soon(media_session, False)
+                await old_closed.wait()  # closed by us, well within the take-over deadline
+                await trio.sleep(6)  # past every grace: the call is still up
+                assert acs.hang_up_attempts == []
+                [record] = plane.calls.values()
+                assert record.media_sockets == 2
+                hung_up = await http.post(
+                    f"/api/callbacks/{acs.token_of(1)}",
+                    json=[callback_event("CallDisconnected", "conn-1")],
+                    headers={"Authorization": acs.signer.bearer()},
+                )
+                assert hung_up.status_code == 200
+            await plane.wait_idle()
+    sessions_seen = [e for e in model.seen if e["type"] == "session.update"]
+    greetings = [e for e in model.seen if e["type"] == "response.create"]
+    assert len(sessions_seen) >= 2  # the resumed call has its own model session
+    assert len(greetings) == 1  # and is not greeted twice
+    assert acs.hang_up_attempts == []
+    stop.set()
+
+
 async def test_workers_without_redis_fail_closed_in_one_line() -> None:
     with trio.fail_after(30):
         result = await trio.run_process(
