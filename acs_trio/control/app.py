@@ -446,7 +446,7 @@ def create_app(
             logger.warning("%s refused: %s", request_path(), record)
             return Response("forbidden\n", 403)
         if "permessage-deflate" in ws.headers.get("Sec-WebSocket-Extensions", ""):
-            # Declined at the handshake (server.decline_permessage_deflate): CPU for little gain.
+            # Declined at the handshake (hypercorn_ws.decline_permessage_deflate): CPU for little gain.
             logger.info("%s ACS offered permessage-deflate; declined", record.ids)
         resumed = record.media_sockets > 0
         record.media_sockets += 1

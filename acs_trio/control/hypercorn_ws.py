@@ -1,4 +1,7 @@
-"""Tell the app when hypercorn closes a WebSocket on its own (hypercorn 0.18).
+"""The two places we patch hypercorn 0.18's WebSocket stream (pinned in pyproject.toml).
+
+:func:`install`: tell the app when hypercorn closes a WebSocket on its own.
+:func:`decline_permessage_deflate`: never negotiate per-message compression.
 
 hypercorn closes a WebSocket itself when a message exceeds ``websocket_max_message_size`` (close
 code 1009), and then says nothing to the ASGI app: no ``websocket.disconnect`` until the peer
@@ -14,11 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypercorn.protocol import ws_stream
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection
 
-__all__ = ["install"]
+__all__ = ["decline_permessage_deflate", "install"]
 
 _MARK = "_acs_trio_reports_server_close"
 
@@ -43,3 +47,26 @@ def install() -> None:
 
     setattr(send_wsproto_event, _MARK, True)
     WSStream._send_wsproto_event = send_wsproto_event  # type: ignore[method-assign]
+
+
+def decline_permessage_deflate() -> None:
+    """Answer WebSocket handshakes without per-message compression, whatever the client offers.
+
+    hypercorn 0.18 accepts ``permessage-deflate`` whenever a client offers it (its
+    ``Handshake.accept`` always lists ``PerMessageDeflate()``; there is no setting).  Compressing
+    base64 PCM costs CPU on every 20 ms frame and gains little (docs/performance.md), so this wraps
+    that method to negotiate as if nothing had been offered: the 101 carries no
+    ``Sec-WebSocket-Extensions`` (RFC 6455 §9.1: the client then sends uncompressed frames).
+    Idempotent; hypercorn is pinned in pyproject.toml.
+    """
+    handshake: Any = ws_stream.Handshake
+    original = handshake.accept
+    if getattr(original, "declines_deflate", False):
+        return
+
+    def accept(self: Any, subprotocol: Any, additional_headers: Any) -> Any:
+        self.extensions = None
+        return original(self, subprotocol, additional_headers)
+
+    accept.declines_deflate = True  # type: ignore[attr-defined]
+    handshake.accept = accept

@@ -21,11 +21,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import trio
 from hypercorn.config import Config, Sockets
-from hypercorn.protocol import ws_stream
 from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import (
@@ -40,6 +38,7 @@ from ..config import (
 )
 from ..errors import ConfigError
 from .app import create_app
+from .hypercorn_ws import decline_permessage_deflate
 from .logs import configure_logging
 from .quart_media import AcsTrioApp
 
@@ -47,7 +46,6 @@ __all__ = [
     "Launch",
     "ServerConfig",
     "check_listen_address",
-    "decline_permessage_deflate",
     "hypercorn_config",
     "main",
     "parser",
@@ -95,7 +93,7 @@ class ServerConfig(Config):
 
 
 def hypercorn_config(host: str, port: int) -> Config:
-    """hypercorn settings for this server (and :func:`decline_permessage_deflate`)."""
+    """hypercorn settings for this server (and :func:`.hypercorn_ws.decline_permessage_deflate`)."""
     decline_permessage_deflate()
     config = ServerConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -108,29 +106,6 @@ def hypercorn_config(host: str, port: int) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.include_server_header = False
     return config
-
-
-def decline_permessage_deflate() -> None:
-    """Answer WebSocket handshakes without per-message compression, whatever the client offers.
-
-    hypercorn 0.18 accepts ``permessage-deflate`` whenever a client offers it (its
-    ``Handshake.accept`` always lists ``PerMessageDeflate()``; there is no setting).  Compressing
-    base64 PCM costs CPU on every 20 ms frame and gains little (docs/performance.md), so this wraps
-    that method to negotiate as if nothing had been offered: the 101 carries no
-    ``Sec-WebSocket-Extensions`` (RFC 6455 §9.1: the client then sends uncompressed frames).
-    Idempotent; hypercorn is pinned in pyproject.toml.
-    """
-    handshake: Any = ws_stream.Handshake
-    original = handshake.accept
-    if getattr(original, "declines_deflate", False):
-        return
-
-    def accept(self: Any, subprotocol: Any, additional_headers: Any) -> Any:
-        self.extensions = None
-        return original(self, subprotocol, additional_headers)
-
-    accept.declines_deflate = True  # type: ignore[attr-defined]
-    handshake.accept = accept
 
 
 async def serve(
